@@ -1,0 +1,15 @@
+"""Shared fixtures: where the real datasets live, and skips that say why."""
+import os
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get('SKELNB_SHARED_DATA', ROOT.parent / 'shared' / 'data'))
+
+
+@pytest.fixture
+def shared_data():
+    "Path of the shared real datasets, or a skip that says what is missing."
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f'real datasets not found at {SHARED_DATA} (set SKELNB_SHARED_DATA to the folder holding utd_kinect_v2/, nw_ucla/, ...)')
+    return SHARED_DATA
