@@ -36,7 +36,7 @@ bench: $(STAMP)
 export: $(STAMP)
 	$(BIN)/nbdev_export
 	$(BIN)/nbdev_clean
-	$(BIN)/python tools/clean_widgets.py
+	$(BIN)/python .ci/clean_widgets.py
 
 check: $(STAMP)
 	bash .ci/check_sync

@@ -13,3 +13,8 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f'real datasets not found at {SHARED_DATA} (set SKELNB_SHARED_DATA to the folder holding utd_kinect_v2/, nw_ucla/, ...)')
     return SHARED_DATA
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'browser: drives JupyterLab in headless Chromium (needs /usr/bin/chromium and playwright)')
+    config.addinivalue_line('markers', 'slow: long-running checks')
