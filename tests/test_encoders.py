@@ -1,0 +1,372 @@
+"""Encoders: shapes, parameter counts, upstream state_dict layout, equality with the reference, gradients,
+checkpoint round trips, EADM, the attention-mask neck, SCD-Net, device parity."""
+import math
+import pytest
+import torch
+import torch.nn.functional as F
+
+from skelnb.skeleton import Graph, STREAMS, to_stream
+from skelnb.encoders import (
+    STGCN, STGCN_PRESETS, STGCNConfig, get_stgcn_config, stgcn_reference_forward, graph_conv, graph_conv_reference,
+    keep_mask, drop_add_relu, batch_stats, batch_norm_accurate, count_parameters, upstream_stgcn_keys, load_upstream_checkpoint, stgcn_flops,
+    measured_flops, simam_attention, eadm_masks, eadm_drop, EADM, AttentionMaskNeck, MLP1D, skeattnclr_projector,
+    skeattnclr_predictor, SCDNetEncoder, SCDNET_PRESETS, mlp_head, linear_head, upstream_init_, max_abs_diff,
+    stgcn_receptive_fields, bench_stgcn, bench_graph_conv, tune_malloc, matmul_peak_gflops)
+
+torch.manual_seed(0)
+
+
+def _no_dropout(model):
+    for b in model.st_gcn_networks[1:]: b.tcn[4].p = 0.0
+    return model
+
+
+# ---------------------------------------------------------------- ST-GCN shapes and sizes
+@pytest.mark.parametrize('preset', sorted(STGCN_PRESETS))
+@pytest.mark.parametrize('stream', STREAMS)
+def test_stgcn_shapes_every_preset_and_stream(preset, stream):
+    model = STGCN(preset).eval()
+    cfg = model.config
+    x = to_stream(torch.randn(2, 3, 20, 25, 2), stream)
+    with torch.no_grad(): out = model(x, 'all')
+    assert out['map'].shape == (4, cfg.hidden_dim, 5, 25)          # 20 -> 10 -> 5 frames
+    assert out['pooled'].shape == (2, cfg.hidden_dim)
+    assert out['head'].shape == (2, cfg.num_class if cfg.head != 'none' else cfg.hidden_dim)
+
+
+def test_stgcn_frames_50_and_64():
+    with torch.no_grad():
+        assert STGCN('skeletonclr').eval()(torch.randn(1, 3, 50, 25, 2), 'map').shape == (2, 256, 13, 25)
+        assert STGCN('skeattnclr').eval()(torch.randn(1, 3, 64, 25, 2), 'map').shape == (2, 256, 16, 25)
+
+
+def test_stgcn_nw_ucla_layout():
+    model = STGCN('tiny', layout='kinect_v1')
+    assert model.A.shape == (3, 20, 20) and model.data_bn.num_features == 60
+    assert model(torch.randn(2, 3, 12, 20, 1)).shape == (2, 16)
+
+
+def test_parameter_counts():
+    assert count_parameters(STGCN('skeletonclr')) == 821_380
+    assert count_parameters(STGCN('skeletonclr').st_gcn_networks[9], ()) == 658_176
+    assert count_parameters(STGCN('skeletonclr').edge_importance, ()) == 18_750
+    assert count_parameters(STGCN('skeletonclr').fc, ()) == 98_688
+    assert count_parameters(STGCN('linear_eval').fc, ()) == 15_420
+    assert count_parameters(STGCN('skeattnclr')) == 3_083_412
+
+
+def test_flops_match_counter_and_anchor():
+    with torch.device('meta'):
+        model, x = STGCN('skeletonclr').eval(), torch.empty(1, 3, 50, 25, 2)
+        assert measured_flops(stgcn_reference_forward, model, x, contraction='einsum') == stgcn_flops('skeletonclr')
+    assert abs(stgcn_flops('skeletonclr') / 1e9 - 1.22) < 0.01
+    assert abs(stgcn_flops('skeattnclr', T=64) / 1e9 - 7.29) < 0.01
+
+
+def test_bad_input_errors():
+    model = STGCN('tiny')
+    with pytest.raises(ValueError, match='expected 25 joints'): model(torch.randn(1, 3, 10, 20, 2))
+    with pytest.raises(ValueError, match='expected 3 channels'): model(torch.randn(1, 2, 10, 25, 2))
+    with pytest.raises(ValueError, match=r'expected a batch \(N, C, T, V, M\)'): model(torch.randn(3, 10, 25, 2))
+    with pytest.raises(KeyError, match='unknown ST-GCN preset'): get_stgcn_config('stgcn++')
+    with pytest.raises(ValueError, match='head must be'): STGCN('tiny', head='transformer')
+
+
+# ---------------------------------------------------------------- upstream key layout
+def _keys_from_reference_text(hidden=16, head='mlp'):
+    "The key list of the methods reference (section 3.4), written out independently of the library."
+    table = [(3, hidden, False), (hidden, hidden, False), (hidden, hidden, False), (hidden, hidden, False),
+             (hidden, 2 * hidden, True), (2 * hidden, 2 * hidden, False), (2 * hidden, 2 * hidden, False),
+             (2 * hidden, 4 * hidden, True), (4 * hidden, 4 * hidden, False), (4 * hidden, 256, 4 * hidden != 256)]
+    bn = ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')
+    keys = {'A': (3, 25, 25)}
+    keys.update({f'data_bn.{s}': (75,) if s != 'num_batches_tracked' else () for s in bn})
+    for i, (cin, cout, conv_res) in enumerate(table):
+        p = f'st_gcn_networks.{i}'
+        keys[f'{p}.gcn.conv.weight'] = (3 * cout, cin, 1, 1); keys[f'{p}.gcn.conv.bias'] = (3 * cout,)
+        for j in (0, 3): keys.update({f'{p}.tcn.{j}.{s}': (cout,) if s != 'num_batches_tracked' else () for s in bn})
+        keys[f'{p}.tcn.2.weight'] = (cout, cout, 9, 1); keys[f'{p}.tcn.2.bias'] = (cout,)
+        if conv_res:
+            keys[f'{p}.residual.0.weight'] = (cout, cin, 1, 1); keys[f'{p}.residual.0.bias'] = (cout,)
+            keys.update({f'{p}.residual.1.{s}': (cout,) if s != 'num_batches_tracked' else () for s in bn})
+    if head == 'mlp': keys.update({'fc.0.weight': (256, 256), 'fc.0.bias': (256,), 'fc.2.weight': (128, 256), 'fc.2.bias': (128,)})
+    else: keys.update({'fc.weight': (60, 256), 'fc.bias': (60,)})
+    keys.update({f'edge_importance.{i}': (3, 25, 25) for i in range(10)})
+    return keys
+
+
+@pytest.mark.parametrize('preset,hidden,head', [('skeletonclr', 16, 'mlp'), ('aimclr', 16, 'mlp'),
+                                                ('skeattnclr', 64, 'mlp'), ('linear_eval', 16, 'linear')])
+def test_state_dict_keys_and_shapes(preset, hidden, head):
+    got = {k: tuple(v.shape) for k, v in STGCN(preset).state_dict().items()}
+    assert got == _keys_from_reference_text(hidden, head)
+    kw = dict(head='linear', num_class=60) if head == 'linear' else {}
+    assert got == upstream_stgcn_keys(hidden, **kw)
+
+
+def test_adjacency_buffer_is_upstream_graph():
+    A = STGCN('skeletonclr').A
+    assert A.dtype == torch.float32 and A.shape == (3, 25, 25)
+    assert torch.equal(A, torch.tensor(Graph('ntu25').A))
+    assert [int((a != 0).sum()) for a in A] == [25, 40, 8]
+
+
+# ---------------------------------------------------------------- fast path == reference
+@pytest.mark.parametrize('ci,co', [(3, 8), (8, 8), (8, 16), (16, 8)])
+@pytest.mark.parametrize('order', ['auto', 'conv_first', 'graph_first'])
+def test_graph_conv_orders_equal_reference(ci, co, order):
+    A = torch.tensor(Graph('ntu25').A) * (1 + torch.rand(3, 25, 25))
+    x, w, b = torch.randn(3, ci, 7, 25), torch.randn(3 * co, ci, 1, 1), torch.randn(3 * co)
+    ref = graph_conv_reference(x, w, b, A).permute(0, 2, 3, 1)
+    out = graph_conv(x.permute(0, 2, 3, 1).contiguous(), w, b, A, order)
+    assert (out - ref).abs().max() < 1e-4 * ref.abs().max()
+    assert torch.allclose(graph_conv_reference(x, w, b, A, 'einsum'), ref.permute(0, 3, 1, 2), atol=1e-4)
+
+
+@pytest.mark.parametrize('preset', ['skeletonclr', 'skeattnclr'])
+def test_stgcn_equals_reference_float32(preset):
+    model = STGCN(preset)
+    x = torch.zeros(2, 3, 30, 25, 2); x[..., 0] = torch.randn(2, 3, 30, 25)
+    model.eval()
+    with torch.no_grad():
+        assert max_abs_diff(model(x, 'all'), stgcn_reference_forward(model, x, 'all')) < 1e-5
+        assert max_abs_diff(model(x), stgcn_reference_forward(model, x, contraction='einsum')) < 1e-5
+    _no_dropout(model).train()             # batch statistics: compare relative to the map's scale
+    with torch.no_grad(): fast, ref = model(x, 'all'), stgcn_reference_forward(model, x, 'all')
+    assert max_abs_diff(fast['head'], ref['head']) < 1e-5
+    assert max_abs_diff(fast['map'], ref['map']) < 1e-5 * ref['map'].abs().max()
+
+
+def test_native_batch_norm_path_is_close_too():
+    model = _no_dropout(STGCN('skeletonclr', accurate_bn_stats=False)).train()
+    x = torch.zeros(2, 3, 30, 25, 2); x[..., 0] = torch.randn(2, 3, 30, 25)
+    with torch.no_grad(): assert max_abs_diff(model(x), stgcn_reference_forward(model, x)) < 1e-5
+
+
+def test_stgcn_gradients_equal_reference_float64():
+    model = _no_dropout(STGCN('tiny').double()).train()
+    x = torch.randn(2, 3, 12, 25, 2, dtype=torch.float64)
+    grads = []
+    for fwd in (lambda: model(x), lambda: stgcn_reference_forward(model, x)):
+        model.zero_grad(); (fwd() ** 2).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for n in grads[0]: assert torch.allclose(grads[0][n], grads[1][n], atol=1e-9, rtol=1e-7), n
+
+
+def test_unfolded_and_nn_dropout_paths_equal():
+    model = STGCN('tiny').eval()
+    x = torch.randn(2, 3, 12, 25, 2)
+    slow = STGCN('tiny', fold_bn_eval=False, fast_dropout=False).eval(); slow.load_state_dict(model.state_dict())
+    with torch.no_grad(): assert max_abs_diff(model(x), slow(x)) < 1e-5
+
+
+def test_every_parameter_gets_a_gradient_in_training():
+    model = STGCN('tiny').train()
+    model(torch.randn(2, 3, 12, 25, 2)).sum().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    assert all(p.grad.abs().sum() > 0 for n, p in model.named_parameters()
+               if not (n.endswith('tcn.2.bias') or n.endswith('residual.0.bias') or n.endswith('gcn.conv.bias')))
+
+
+def test_dropout_semantics():
+    m = keep_mask((2000, 500), generator=torch.Generator().manual_seed(0))
+    assert abs(m.float().mean().item() - 0.5) < 3e-3
+    assert abs(keep_mask((2000, 500), 0.2).float().mean().item() - 0.8) < 3e-3
+    h = torch.rand(400, 400) + 0.5
+    out = drop_add_relu(h.clone(), None, 0.5)
+    assert set(torch.unique(out / h).tolist()) <= {0.0, 2.0}
+    assert abs(out.mean().item() - h.mean().item()) < 0.01
+    assert torch.equal(drop_add_relu(h.clone(), None, training=False), h)
+    model = STGCN('tiny').train(); x = torch.randn(2, 3, 12, 25, 2)
+    with torch.no_grad(): assert not torch.equal(model(x), model(x))
+    model.eval()
+    with torch.no_grad(): assert torch.equal(model(x), model(x))
+
+
+# ---------------------------------------------------------------- checkpoints
+def test_checkpoint_round_trip(tmp_path):
+    src = STGCN('aimclr')
+    with torch.no_grad():
+        for p in src.parameters(): p.add_(torch.randn_like(p))
+    ckpt = {**{f'module.encoder_q.{k}': v for k, v in src.state_dict().items()},
+            **{f'module.encoder_k.{k}': v.clone() for k, v in src.state_dict().items()},
+            'module.queue': torch.randn(128, 32), 'module.queue_ptr': torch.zeros(1, dtype=torch.long)}
+    path = tmp_path / 'epoch300_model.pt'
+    torch.save(ckpt, path)
+    dst = STGCN('aimclr')
+    report = load_upstream_checkpoint(dst, path)
+    assert report['missing'] == report['unexpected'] == report['mismatched'] == []
+    for k, v in dst.state_dict().items(): assert torch.equal(v, src.state_dict()[k]), k
+    x = torch.randn(2, 3, 20, 25, 2)
+    src.eval(); dst.eval()
+    with torch.no_grad(): assert torch.equal(src(x), dst(x))
+    # no prefix, no module.
+    torch.save(src.state_dict(), tmp_path / 'plain.pt')
+    assert load_upstream_checkpoint(STGCN('aimclr'), tmp_path / 'plain.pt', prefix='')['missing'] == []
+    # linear evaluation: the pretraining head is skipped, strictness applies to the rest
+    lin = STGCN('linear_eval')
+    with pytest.raises(ValueError, match='missing'): load_upstream_checkpoint(lin, path)
+    rep = load_upstream_checkpoint(lin, path, ignore=('fc.',))
+    assert rep['ignored'] == ['fc.0.bias', 'fc.0.weight', 'fc.2.bias', 'fc.2.weight'] and rep['missing'] == []
+    assert torch.equal(lin.st_gcn_networks[9].tcn[2].weight, src.st_gcn_networks[9].tcn[2].weight)
+    rep = load_upstream_checkpoint(STGCN('linear_eval'), path, strict=False)
+    assert rep['missing'] == ['fc.bias', 'fc.weight'] and 'fc.0.weight' in rep['unexpected']
+
+
+def test_checkpoint_refuses_pickled_objects(tmp_path):
+    class Evil:
+        def __reduce__(self): return (print, ('unpickled!',))
+    path = tmp_path / 'evil.pt'
+    torch.save({'encoder_q.A': torch.zeros(1), 'x': Evil()}, path)
+    with pytest.raises(Exception, match='(?i)weights_only|unsupported|global'):
+        load_upstream_checkpoint(STGCN('tiny'), path)
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match='not found'): load_upstream_checkpoint(STGCN('tiny'), tmp_path / 'none.pt')
+    with pytest.raises(KeyError, match='no key starts with'): load_upstream_checkpoint(STGCN('tiny'), {'encoder_k.A': torch.zeros(1)})
+    with pytest.raises(ValueError, match='mismatched'):
+        load_upstream_checkpoint(STGCN('tiny'), {f'encoder_q.{k}': v for k, v in STGCN('skeletonclr').state_dict().items()})
+
+
+def test_upstream_init():
+    model = upstream_init_(STGCN('skeletonclr'), torch.Generator().manual_seed(0))
+    w = torch.cat([m.weight.flatten() for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))])
+    assert abs(w.std().item() - 0.02) < 1e-3 and abs(w.mean().item()) < 1e-3
+    assert all(torch.equal(e, torch.ones_like(e)) for e in model.edge_importance)
+
+
+# ---------------------------------------------------------------- EADM
+def test_eadm_closed_form_and_gradient():
+    z = torch.randn(4, 16, 13, 25)
+    ms, mt = eadm_masks(z)
+    d = (z - z.mean((2, 3), keepdim=True)) ** 2
+    var = d.sum((2, 3), keepdim=True) / (13 * 25 - 1)
+    closed_form = d < 4 * (math.log(0.7 / 0.3) - 0.5) * (var + 1e-4)
+    assert (mt.bool() != closed_form).float().mean() < 1e-4      # equal up to rounding exactly at the threshold
+    assert 0.2 < 1 - mt.mean() < 0.28                             # |z - mu| > 1.18 sigma: 23.8 % of a Gaussian
+    zg = z.clone().requires_grad_()
+    out = eadm_drop(zg)
+    (g,) = torch.autograd.grad(out.sum(), zg)
+    scale = ms[:, None, None, :] * (ms.numel() / ms.sum()) * mt * (mt.numel() / mt.sum())
+    assert torch.allclose(g, scale) and torch.allclose(out, z * scale)
+
+
+def test_eadm_drops_salient_joints():
+    z = torch.randn(2, 8, 13, 25) * 0.1
+    z[0, :, ::2, 7] += 3.0        # joint 7 of sample 0 far from the map mean in every channel, half of the frames
+    ms, mt = eadm_masks(z)
+    assert ms[0, 7] == 0 and ms[0].sum() == 24 and ms[1].sum() == 25
+    out = eadm_drop(z)
+    assert out[0, :, :, 7].abs().sum() == 0
+    assert torch.isfinite(out).all()
+
+
+def test_eadm_legacy_bug_is_a_no_op():
+    z = torch.randn(3, 8, 13, 25)
+    ms, mt = eadm_masks(z, legacy=True)
+    assert torch.equal(ms, torch.ones_like(ms)) and torch.equal(mt, torch.ones_like(mt))
+    assert torch.equal(EADM(legacy=True)(z), z)
+    assert not torch.equal(EADM()(z), z)
+
+
+def test_simam_range():
+    a = simam_attention(torch.randn(2, 4, 6, 25))
+    assert a.min() >= torch.sigmoid(torch.tensor(0.5)) - 1e-6 and a.max() < 1
+
+
+# ---------------------------------------------------------------- attention-mask neck and heads
+def test_attention_mask_neck():
+    neck = AttentionMaskNeck(256, 8)
+    fmap = STGCN('skeattnclr').eval()(torch.randn(2, 3, 64, 25, 2), 'map').detach()
+    f_s, f_ns, mask = neck(fmap, 2)
+    assert f_s.shape == f_ns.shape == (2, 256) and mask.shape == (4, 16 * 25, 256)
+    assert ((mask > 0) & (mask < 1)).all()
+    assert torch.allclose(f_s + f_ns, fmap.mean((2, 3)).view(2, 2, 256).mean(1), atol=1e-5)
+    k_s, k_ns, k_mask = neck(torch.randn_like(fmap), 2, mask=mask)
+    assert k_mask is mask
+    # gradient flows into the neck's parameters through the salient feature
+    f_s.sum().backward()
+    assert neck.qkv.weight.grad.abs().sum() > 0 and neck.norm.weight.grad is not None
+
+
+def test_heads_and_projectors():
+    assert mlp_head()(torch.randn(3, 256)).shape == (3, 128)
+    assert linear_head(256, 60)(torch.randn(3, 256)).shape == (3, 60)
+    proj, pred = skeattnclr_projector(), skeattnclr_predictor()
+    assert pred(proj(torch.randn(4, 256))).shape == (4, 128)
+    assert proj.mlp[-1].bias is None and isinstance(proj.mlp[1], torch.nn.BatchNorm1d)
+    assert MLP1D(8, 16, 4, bn=False, last_bias=True)(torch.randn(2, 8)).shape == (2, 4)
+
+
+# ---------------------------------------------------------------- SCD-Net
+def test_scdnet_tiny_shapes_and_gradients():
+    model = SCDNetEncoder('tiny')
+    cfg = model.config
+    out = model(torch.randn(2, 3, cfg.num_frames, 25, 2))
+    assert {k: tuple(v.shape) for k, v in out.items()} == dict(
+        v_t=(2, cfg.hidden), v_s=(2, cfg.hidden), z_t=(2, cfg.feature_dim), z_s=(2, cfg.feature_dim), z_i=(2, cfg.feature_dim))
+    sum(v.sum() for v in out.values()).backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    with pytest.raises(ValueError, match='expected a batch'): model(torch.randn(2, 3, cfg.num_frames + 1, 25, 2))
+
+
+def test_scdnet_paper_preset_on_meta():
+    with torch.device('meta'):
+        model = SCDNetEncoder('paper')
+        out = model(torch.empty(2, 3, 64, 25, 2))
+    assert {k: tuple(v.shape) for k, v in out.items()} == dict(v_t=(2, 2048), v_s=(2, 2048), z_t=(2, 128), z_s=(2, 128), z_i=(2, 128))
+    stem = model.gcn_t.blocks
+    assert [b.gcn.bn.num_features for b in stem] == [64, 256, 64]
+    assert model.t_embed[0].in_features == 2 * 25 * 64 and model.s_embed[0].in_features == 64 * 64
+    assert model.i_proj[0].in_features == 4096
+    assert set(SCDNET_PRESETS) >= {'paper', 'tiny'}
+
+
+# ---------------------------------------------------------------- lesson helpers and benchmarks
+def test_receptive_fields():
+    rf = stgcn_receptive_fields('skeletonclr', joint=11)
+    assert rf[0]['joints'] == [10, 11, 24] and len(rf[-1]['joints']) == 25
+    assert [r['frames'] for r in rf][:5] == [9, 17, 25, 33, 41] and rf[-1]['frames'] == 153
+
+
+def test_bench_functions_run_small():
+    res = bench_stgcn(hidden_channels=4, batch=2, T=12, steps=1, warmup=0, matmul_size=128)
+    assert res['max_abs_diff_eval'] < 1e-5 and res['train_speedup'] > 0 and res['matmul_peak_gflops'] > 0
+    assert set(res['train_samples_per_s']) == {'skelnb', 'reference'}
+    times = bench_graph_conv(4, 8, batch=2, T=6, repeats=1)
+    assert set(times) == {'reference_loop', 'reference_einsum', 'conv_first', 'graph_first'}
+    assert isinstance(tune_malloc(), bool)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device')
+def test_cuda_parity():
+    cpu = STGCN('tiny').eval(); gpu = STGCN('tiny').cuda().eval(); gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(2, 3, 20, 25, 2)
+    with torch.no_grad():
+        assert torch.allclose(gpu(x.cuda()).cpu(), cpu(x), atol=1e-4)
+        assert torch.allclose(stgcn_reference_forward(gpu, x.cuda()).cpu(), cpu(x), atol=1e-4)
+    gpu.train(); cpu.train(); _no_dropout(gpu); _no_dropout(cpu)
+    gpu(x.cuda()).sum().backward(); cpu(x).sum().backward()
+    for (n, p), q in zip(cpu.named_parameters(), gpu.parameters()): assert torch.allclose(p.grad, q.grad.cpu(), atol=1e-3, rtol=1e-3), n
+    assert keep_mask((64,), device='cuda').device.type == 'cuda'
+    z = torch.randn(2, 8, 13, 25)
+    assert torch.allclose(eadm_drop(z.cuda()).cpu(), eadm_drop(z), atol=1e-5)
+    neck = AttentionMaskNeck(32, 4); f = torch.randn(4, 32, 5, 25)
+    assert torch.allclose(neck.cuda()(f.cuda())[0].cpu(), neck.cpu()(f)[0], atol=1e-4)
+    scd = SCDNetEncoder('tiny').eval(); xs = torch.randn(2, 3, 16, 25, 2)
+    with torch.no_grad(): ref = scd(xs)['z_i']; got = scd.cuda()(xs.cuda())['z_i'].cpu()
+    assert torch.allclose(ref, got, atol=1e-4)
+
+
+def test_absent_person_sharing_is_exact():
+    shared, unshared = STGCN('tiny').eval(), STGCN('tiny', share_absent_eval=False).eval()
+    unshared.load_state_dict(shared.state_dict())
+    x = torch.zeros(4, 3, 16, 25, 2); x[..., 0] = torch.randn(4, 3, 16, 25); x[2, ..., 1] = torch.randn(3, 16, 25)
+    with torch.no_grad():
+        for xx in (x, torch.zeros(2, 3, 16, 25, 2), torch.randn(2, 3, 16, 25, 2), x[..., :1]):
+            assert max_abs_diff(shared(xx, 'all'), unshared(xx, 'all')) < 1e-5
+        h, rows = shared.person_features(x)
+    assert h.shape[0] == 6 and rows.tolist() == [0, 5, 1, 5, 2, 3, 4, 5]
+    shared.train()
+    assert shared.person_features(x)[1] is None          # training: every row is encoded (batch statistics, dropout)
