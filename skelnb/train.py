@@ -5,7 +5,7 @@
 # %% ../nbs/11_train.ipynb #504551db
 from __future__ import annotations
 import contextlib, copy, csv, inspect, io, json, math, os, random, re, subprocess, sys, time, warnings
-from dataclasses import dataclass, asdict, fields, replace
+from dataclasses import dataclass, asdict, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 import numpy as np
@@ -29,8 +29,8 @@ __all__ = ['TRAIN_PRESETS', 'CHECKPOINT_FORMAT', 'FAST_ALLOCATOR_ENV', 'seed_eve
            'LRSchedule', 'CheckpointError', 'atomic_write', 'atomic_save', 'checkpoint_path', 'list_checkpoints',
            'latest_checkpoint', 'read_checkpoint', 'load_method_weights', 'dist_env', 'resolve_device',
            'init_distributed', 'cleanup_distributed', 'peak_rss_mb', 'build_optimizer', 'wrap_ddp', 'Trainer',
-           'run_pretraining', 'run_toy_ddp', 'allocator_reexec_command', 'ensure_fast_allocator', 'bench_allocator',
-           'bench_trainer']
+           'method_config', 'run_pretraining', 'run_toy_ddp', 'allocator_reexec_command', 'ensure_fast_allocator',
+           'bench_allocator', 'bench_trainer']
 
 # %% ../nbs/11_train.ipynb #d926c91a
 def seed_everything(seed: int, # any non-negative integer
@@ -678,6 +678,12 @@ def _run_monitor(self: Trainer, epoch: int) -> dict:
     return {k: _scalar(v) for k, v in res.items()}
 
 
+def method_config(method: nn.Module) -> Optional[dict]:
+    "The method's configuration as a plain dict (when `method.config` is a dataclass), so a checkpoint can rebuild its method."
+    cfg = getattr(method, 'config', None)
+    return asdict(cfg) if is_dataclass(cfg) and not isinstance(cfg, type) else None
+
+
 @patch
 def state_dict(self: Trainer) -> dict:
     "Everything needed to resume: method, optimizer, schedule, scaler, counters, history, config, per-process random states."
@@ -692,6 +698,7 @@ def state_dict(self: Trainer) -> dict:
             'model': self.method.state_dict(), 'optimizer': self.optimizer.state_dict(),
             'schedule': self.schedule.state_dict(), 'scaler': self.scaler.state_dict(),
             'rng': rng, 'world_size': self.world_size, 'config': asdict(self.config), 'history': self.history,
+            'method_config': method_config(self.method),
             'torch_version': str(torch.__version__)}
 
 
