@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_augment.ipynb #018e7337
 from __future__ import annotations
-import dataclasses, html, inspect, math, time
+import dataclasses, html, inspect, math, os, time
 from dataclasses import dataclass
 import numpy as np
 import torch
@@ -13,24 +13,24 @@ from .skeleton import get_layout, hop_distance, to_stream, STREAMS
 # %% auto #0
 __all__ = ['AIMCLR_OPS', 'PRESETS', 'UPSTREAM_US_PER_SAMPLE', 'AUGMENTATIONS', 'draw_device', 'rand_uniform', 'rand_int',
            'rand_coin', 'gather_frames', 'temporal_crop_index', 'draw_temporal_crop_params', 'apply_temporal_crop',
-           'random_temporal_crop', 'apply_linear', 'shear_matrix', 'draw_shear_params', 'apply_shear', 'random_shear',
-           'draw_spatial_flip_params', 'permute_joints', 'apply_spatial_flip', 'random_spatial_flip', 'rotation_matrix',
-           'draw_rotate_params', 'apply_rotate', 'random_rotate', 'draw_gaussian_noise_params', 'present_persons',
-           'apply_gaussian_noise', 'random_gaussian_noise', 'gaussian_kernel', 'blur_matrix',
+           'random_temporal_crop', 'apply_linear', 'gather_linear', 'shear_matrix', 'draw_shear_params', 'apply_shear',
+           'random_shear', 'draw_spatial_flip_params', 'permute_joints', 'apply_spatial_flip', 'random_spatial_flip',
+           'rotation_matrix', 'draw_rotate_params', 'apply_rotate', 'random_rotate', 'draw_gaussian_noise_params',
+           'present_persons', 'apply_gaussian_noise', 'random_gaussian_noise', 'gaussian_kernel', 'blur_matrix',
            'draw_gaussian_blur_params', 'apply_gaussian_blur', 'random_gaussian_blur', 'draw_axis_mask_params',
-           'apply_axis_mask', 'random_axis_mask', 'draw_time_flip_params', 'apply_time_flip', 'random_time_flip',
-           'crop_resize_index', 'draw_crop_resize_params', 'apply_crop_resize', 'random_crop_resize',
-           'center_crop_params', 'center_crop_resize', 'walk_counts', 'draw_spatial_mask_params', 'spatial_mask_keep',
-           'apply_spatial_mask', 'random_spatial_mask', 'draw_temporal_mask_params', 'apply_temporal_mask',
-           'random_temporal_mask', 'part_swap_region', 'draw_part_swap_params', 'apply_part_swap', 'part_swap',
-           'reference_temporal_crop', 'reference_linear', 'reference_shear', 'reference_rotate',
-           'reference_spatial_flip', 'reference_gaussian_noise', 'reference_gaussian_blur', 'reference_axis_mask',
-           'reference_time_flip', 'reference_crop_resize', 'reference_spatial_mask', 'reference_temporal_mask',
-           'reference_part_swap', 'sample_params', 'Augmentation', 'TemporalCrop', 'Shear', 'SpatialFlip', 'Rotate',
-           'GaussianNoise', 'GaussianBlur', 'AxisMask', 'TimeFlip', 'CropResize', 'CenterCropResize', 'SpatialMask',
-           'TemporalMask', 'ToStream', 'PartSwap', 'Compose', 'normal_view', 'aimclr_extreme', 'aimclr_extreme_v1',
-           'a2mc_view', 'a2mc_eval', 'get_preset', 'bench_normal_pair', 'bench_extreme_view', 'valid_length',
-           'AugmentExplorer']
+           'apply_axis_mask', 'axis_mask_matrix', 'random_axis_mask', 'draw_time_flip_params', 'time_flip_index',
+           'apply_time_flip', 'random_time_flip', 'crop_resize_index', 'draw_crop_resize_params', 'apply_crop_resize',
+           'random_crop_resize', 'center_crop_params', 'center_crop_resize', 'walk_counts', 'draw_spatial_mask_params',
+           'spatial_mask_keep', 'apply_spatial_mask', 'random_spatial_mask', 'draw_temporal_mask_params',
+           'apply_temporal_mask', 'random_temporal_mask', 'part_swap_region', 'draw_part_swap_params',
+           'apply_part_swap', 'part_swap', 'reference_temporal_crop', 'reference_linear', 'reference_shear',
+           'reference_rotate', 'reference_spatial_flip', 'reference_gaussian_noise', 'reference_gaussian_blur',
+           'reference_axis_mask', 'reference_time_flip', 'reference_crop_resize', 'reference_spatial_mask',
+           'reference_temporal_mask', 'reference_part_swap', 'sample_params', 'Augmentation', 'TemporalCrop', 'Shear',
+           'SpatialFlip', 'Rotate', 'GaussianNoise', 'GaussianBlur', 'AxisMask', 'TimeFlip', 'CropResize',
+           'CenterCropResize', 'SpatialMask', 'TemporalMask', 'ToStream', 'PartSwap', 'Compose', 'normal_view',
+           'aimclr_extreme', 'aimclr_extreme_v1', 'a2mc_view', 'a2mc_eval', 'get_preset', 'bench_normal_pair',
+           'bench_extreme_view', 'valid_length', 'AugmentExplorer']
 
 # %% ../nbs/05_augment.ipynb #125acc1c
 def draw_device(generator: torch.Generator | None = None) -> torch.device:
@@ -45,7 +45,8 @@ def rand_uniform(shape,                 # shape of the draw
                 ) -> torch.Tensor:
     "Uniform draws on $[\\text{low}, \\text{high})$ from `generator`, moved to `device`."
     u = torch.rand(shape, generator=generator, device=draw_device(generator), dtype=dtype)
-    u = low + (high - low) * u
+    if not (isinstance(low, (int, float)) and isinstance(high, (int, float))): u = low + (high - low) * u
+    elif (low, high) != (0, 1): u = u.mul_(high - low).add_(low)        # in place: same rounding as low + (high - low) * u
     return u if device is None else u.to(device)
 
 def rand_int(n: int,                    # number of draws
@@ -55,6 +56,11 @@ def rand_int(n: int,                    # number of draws
             ) -> torch.Tensor:
     "`n` integers uniform on `low..high` (inclusive), each draw with its own bounds when they are tensors."
     dd = draw_device(generator)
+    if isinstance(low, int) and isinstance(high, int):       # plain bounds: no tensors to build, no check on the device
+        if high < low: raise ValueError(f'rand_int: empty range, low={low} high={high}')
+        u = torch.rand(n, generator=generator, device=dd, dtype=torch.float64)
+        out = u.mul_(high - low + 1).floor_().long().add_(low)
+        return out if device is None else out.to(device)
     low, high = torch.as_tensor(low, device=dd), torch.as_tensor(high, device=dd)
     if bool((high < low).any()): raise ValueError(f'rand_int: empty range, low={low.tolist()} high={high.tolist()}')
     u = torch.rand(n, generator=generator, device=dd, dtype=torch.float64)
@@ -115,13 +121,25 @@ def draw_temporal_crop_params(n: int, generator: torch.Generator | None = None, 
     p = T // padding_ratio
     return dict(start=rand_int(n, 0, 2 * p, generator, device))
 
+_CROP_TABLES = {}
+
+def _checked_crop_index(start, T, padding_ratio, device):
+    "`temporal_crop_index` after a range check, looked up in a cached table of the 2p + 1 possible windows."
+    p = T // padding_ratio
+    start = torch.as_tensor(start, device=device).long().view(-1)
+    if start.numel():
+        lo, hi = start.aminmax()
+        if int(lo) < 0 or int(hi) > 2 * p: raise ValueError(f'start must be in 0..{2 * p} for T={T}, padding_ratio={padding_ratio}')
+    key = (T, p, str(start.device))
+    if key not in _CROP_TABLES:
+        if len(_CROP_TABLES) > 32: _CROP_TABLES.clear()
+        _CROP_TABLES[key] = temporal_crop_index(torch.arange(2 * p + 1, device=start.device), T, p)
+    return _CROP_TABLES[key].index_select(0, start)
+
 def apply_temporal_crop(x, start, padding_ratio: int = 6) -> torch.Tensor:
     "Shift each sample by its window start, filling the borders with mirrored frames."
     _check_batch(x)
-    T = x.shape[2]; p = T // padding_ratio
-    start = torch.as_tensor(start, device=x.device)
-    if int(start.min()) < 0 or int(start.max()) > 2 * p: raise ValueError(f'start must be in 0..{2 * p} for T={T}, padding_ratio={padding_ratio}')
-    return _gather_frames(x, temporal_crop_index(start, T, p))
+    return _gather_frames(x, _checked_crop_index(start, x.shape[2], padding_ratio, x.device))
 
 def random_temporal_crop(x, padding_ratio: int = 6, generator: torch.Generator | None = None) -> torch.Tensor:
     "Temporal crop with mirrored borders and a fresh random shift per sample."
@@ -138,6 +156,57 @@ def apply_linear(x,      # batch (N, C, T, V, M)
     if A.shape[-2:] != (C, C) or A.ndim not in (2, 3): raise ValueError(f'matrix must be ({C}, {C}) or (N, {C}, {C}), got {tuple(A.shape)}')
     return torch.bmm(A.expand(N, C, C), x.reshape(N, C, -1)).view(x.shape)
 
+_ROWS = {}   # (N, C, T, device) -> (N, C, 1, C) first row of input coordinate j for output (n, i), in the (N*C*T, V*M) view
+
+def _first_rows(N, C, T, device):
+    key = (N, C, T, str(device))
+    rows = _ROWS.get(key)
+    if rows is None:
+        if len(_ROWS) > 32: _ROWS.clear()
+        first = (torch.arange(N, device=device).view(N, 1, 1, 1) * C + torch.arange(C, device=device).view(1, 1, 1, C)) * T
+        dtype = torch.int32 if N * C * T < 2 ** 31 else torch.long
+        rows = _ROWS[key] = first.expand(N, C, 1, C).to(dtype).contiguous()
+    return rows
+
+def _bag_offsets(bags, size, dtype, device):
+    key = ('offsets', bags, size, dtype, str(device))
+    if key not in _ROWS:
+        if len(_ROWS) > 32: _ROWS.clear()
+        _ROWS[key] = torch.arange(0, bags * size, size, dtype=dtype, device=device)
+    return _ROWS[key]
+
+def _gather_linear(x, index, matrix):
+    N, C, T, V, M = x.shape
+    if index is None: return apply_linear(x, matrix)
+    if matrix is None: return _gather_frames(x, index)
+    A = torch.as_tensor(matrix).to(device=x.device, dtype=x.dtype).expand(N, C, C)
+    To = index.shape[1]
+    if x.numel() == 0 or To == 0 or x.dtype not in (torch.float32, torch.float64):
+        return apply_linear(_gather_frames(x, index), A)
+    first = _first_rows(N, C, T, x.device)
+    bags = (first + index.to(device=x.device, dtype=first.dtype).view(N, 1, To, 1)).view(-1)   # one bag per output row (n, i, t): C source rows
+    weights = A.unsqueeze(2).expand(N, C, To, C).reshape(-1)                       # weight A[n, i, j] for source row j
+    out = torch.nn.functional.embedding_bag(bags, x.reshape(N * C * T, V * M), _bag_offsets(N * C * To, C, bags.dtype, x.device),
+                                            per_sample_weights=weights, mode='sum')
+    return out.view(N, C, To, V, M)
+
+def gather_linear(x,            # batch (N, C, T, V, M)
+                  index=None,   # (N, T') long source frames per sample (None: all frames in order)
+                  matrix=None,  # (N, C, C) or (C, C) coordinate matrices (None: the identity)
+                 ) -> torch.Tensor: # (N, C, T', V, M)
+    "$x'_{n,:,t} = A_n\\, x_{n,:,\\text{index}[n,t]}$: a frame gather and a coordinate map in one pass over memory."
+    _check_batch(x)
+    if index is not None:
+        index = torch.as_tensor(index, device=x.device)
+        if index.ndim != 2 or index.shape[0] != x.shape[0]: raise ValueError(f'index must have shape (N, T\'), N={x.shape[0]}, got {tuple(index.shape)}')
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= x.shape[2]): raise IndexError(f'index holds frames outside 0..{x.shape[2] - 1}')
+        index = index.long()
+    if matrix is not None:
+        A = torch.as_tensor(matrix)
+        if A.shape[-2:] != (x.shape[1],) * 2 or A.ndim not in (2, 3): raise ValueError(f'matrix must be ({x.shape[1]}, {x.shape[1]}) or (N, {x.shape[1]}, {x.shape[1]}), got {tuple(A.shape)}')
+    if index is None and matrix is None: return x.clone()
+    return _gather_linear(x, index, matrix)
+
 def _identity_where_not(matrix, apply):
     "Replace the matrices of samples with `apply` False by the identity."
     matrix = torch.as_tensor(matrix)
@@ -151,10 +220,9 @@ def shear_matrix(coeffs) -> torch.Tensor: # (..., 6) off-diagonals s01, s02, s10
     "The $3 \\times 3$ shear matrices with ones on the diagonal and the given off-diagonals (row-major order)."
     coeffs = torch.as_tensor(coeffs)
     if coeffs.shape[-1] != 6: raise ValueError(f'shear_matrix needs 6 off-diagonal coefficients on the last axis, got {tuple(coeffs.shape)}')
-    S = torch.eye(3, dtype=coeffs.dtype, device=coeffs.device).expand(*coeffs.shape[:-1], 3, 3).clone()
-    rows, cols = zip(*_OFFDIAG)
-    S[..., list(rows), list(cols)] = coeffs
-    return S
+    one = torch.ones_like(coeffs[..., :1])
+    c = coeffs.unbind(-1)                               # row-major: s01 s02 | s10 s12 | s20 s21
+    return torch.stack([one[..., 0], c[0], c[1], c[2], one[..., 0], c[3], c[4], c[5], one[..., 0]], -1).view(*coeffs.shape[:-1], 3, 3)
 
 def draw_shear_params(n: int, generator: torch.Generator | None = None, device=None,
                       amplitude: float = 0.5, # a: off-diagonals ~ U(-a, a)
@@ -181,8 +249,13 @@ def draw_spatial_flip_params(n: int, generator: torch.Generator | None = None, d
 def permute_joints(x,    # batch (N, C, T, V, M)
                    perm, # new joint v is old joint perm[v]
                   ) -> torch.Tensor:
-    "`x[:, :, :, perm]`, copied as a few contiguous runs of joints (much faster than element-wise indexing)."
+    "`x[:, :, :, perm]`: one indexed copy with each joint's persons as one machine word, else a few contiguous runs of joints."
     perm = [int(v) for v in perm]
+    word = {2: torch.int16, 4: torch.int32, 8: torch.int64}.get(x.shape[4] * x.element_size())
+    if word is not None and x.is_contiguous() and x.shape[3] == len(perm) and x.numel():
+        # each joint (all its persons) as one machine word: a single index_select moves whole joints
+        rows = x.view(word).view(-1, x.shape[3])
+        return rows.index_select(1, torch.as_tensor(perm, device=x.device)).view(x.dtype).view(x.shape)
     runs, s = [], 0
     for v in range(1, len(perm) + 1):
         if v == len(perm) or perm[v] != perm[v - 1] + 1: runs.append((perm[s], perm[v - 1] + 1)); s = v
@@ -212,14 +285,11 @@ def rotation_matrix(angles) -> torch.Tensor: # (..., 3) angles in radians about 
     "$R_z(\\gamma) R_y(\\beta) R_x(\\alpha)$ (right-handed): rotate about x first, then y, then z."
     a = torch.as_tensor(angles)
     if a.shape[-1] != 3: raise ValueError(f'rotation_matrix needs 3 angles (x, y, z) on the last axis, got {tuple(a.shape)}')
-    c, s = a.cos(), a.sin()
-    one, zero = torch.ones_like(c[..., 0]), torch.zeros_like(c[..., 0])
-    def mat(*rows): return torch.stack([torch.stack(r, -1) for r in rows], -2)
-    cx, cy, cz, sx, sy, sz = c[..., 0], c[..., 1], c[..., 2], s[..., 0], s[..., 1], s[..., 2]
-    Rx = mat((one, zero, zero), (zero, cx, -sx), (zero, sx, cx))
-    Ry = mat((cy, zero, sy), (zero, one, zero), (-sy, zero, cy))
-    Rz = mat((cz, -sz, zero), (sz, cz, zero), (zero, zero, one))
-    return Rz @ Ry @ Rx
+    (cx, cy, cz), (sx, sy, sz) = a.cos().unbind(-1), a.sin().unbind(-1)
+    szsy, czsy = sz * sy, cz * sy                 # the product written out: one stack instead of three matrices
+    return torch.stack([cz * cy, czsy * sx - sz * cx, czsy * cx + sz * sx,
+                        sz * cy, szsy * sx + cz * cx, szsy * cx - cz * sx,
+                        -sy, cy * sx, cy * cx], -1).view(*a.shape[:-1], 3, 3)
 
 def draw_rotate_params(n: int, generator: torch.Generator | None = None, device=None,
                        main_max: float = 30.0,  # degrees: the main axis gets U(0, main_max)
@@ -254,9 +324,11 @@ def draw_gaussian_noise_params(n: int, generator: torch.Generator | None = None,
                               ) -> dict:
     "Noise $\\mathcal N(0, \\sigma^2)$ for the samples that get it (zero rows for the others)."
     apply = rand_coin(n, p, generator)
-    noise = torch.zeros((n, *shape), dtype=dtype, device=draw_device(generator))
     k = int(apply.sum())
-    if k: noise[apply] = torch.randn((k, *shape), generator=generator, device=draw_device(generator), dtype=dtype).mul_(sigma)
+    rows = torch.empty((k + 1, *shape), dtype=dtype, device=draw_device(generator))   # the k noisy samples, then a zero row
+    if k: torch.randn((k, *shape), generator=generator, out=rows[:k]).mul_(sigma)
+    rows[k].zero_()
+    noise = rows.index_select(0, torch.where(apply, torch.cumsum(apply, 0) - 1, k))   # every sample's row in one copy
     out = dict(noise=noise, apply=apply)
     return out if device is None else {k: v.to(device) for k, v in out.items()}
 
@@ -294,6 +366,17 @@ def gaussian_kernel(sigma,                # (...,) standard deviations, in frame
     w = torch.exp(-k ** 2 / (2 * sigma[..., None] ** 2))
     return w / w.sum(-1, keepdim=True) if normalize else w
 
+_TAPS = {}
+
+def _band_taps(T, size, device):
+    key = (T, size, str(device))
+    if key not in _TAPS:
+        if len(_TAPS) > 32: _TAPS.clear()
+        r = size // 2
+        d = torch.arange(T, device=device).view(1, -1) - torch.arange(T, device=device).view(-1, 1) + r   # s - t + r
+        _TAPS[key] = torch.where((d >= 0) & (d < size), d, size)
+    return _TAPS[key]
+
 def blur_matrix(sigma,                  # (N,) kernel widths, frames
                 T: int,                 # frames
                 size: int = 15,         # taps
@@ -305,11 +388,8 @@ def blur_matrix(sigma,                  # (N,) kernel widths, frames
     # weights this small change nothing at this precision, but their products with coordinates would be subnormal
     # numbers, which CPUs multiply about a hundred times slower: flush them to zero
     w = w.masked_fill(w < torch.finfo(dtype).tiny / torch.finfo(dtype).eps, 0)
-    r = size // 2
-    B = torch.zeros(w.shape[0], T, T, dtype=dtype, device=w.device)
-    for offset in range(-min(r, T - 1), min(r, T - 1) + 1):                   # one diagonal per tap
-        B.diagonal(offset, 1, 2).copy_(w[:, r + offset, None].expand(-1, T - abs(offset)))
-    return B
+    tap = _band_taps(T, size, w.device)                                     # (T, T): tap of each entry, `size` outside the band
+    return torch.cat([w, w.new_zeros(w.shape[0], 1)], 1).index_select(1, tap.view(-1)).view(-1, T, T)
 
 def draw_gaussian_blur_params(n: int, generator: torch.Generator | None = None, device=None,
                               sigma_range=(0.1, 2.0), # sigma ~ U(low, high), frames
@@ -356,6 +436,13 @@ def apply_axis_mask(x, axis, apply=None, inplace: bool = False) -> torch.Tensor:
     keep = keep.masked_fill(drop, 0)[:, :, None, None, None]
     return x.mul_(keep) if inplace else x * keep
 
+def axis_mask_matrix(axis, apply=None, num_channels: int = 3) -> torch.Tensor:
+    "(N, C, C) diagonal matrices with a zero at `axis[n]` (the identity where `apply` is False): the axis mask as a coordinate map."
+    axis = torch.as_tensor(axis).long().view(-1)
+    keep = 1 - torch.nn.functional.one_hot(axis, num_channels).double()
+    if apply is not None: keep = torch.where(torch.as_tensor(apply, device=axis.device).bool().view(-1, 1), keep, torch.ones_like(keep))
+    return torch.diag_embed(keep)
+
 def random_axis_mask(x, p: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
     "Axis mask with probability `p` per sample."
     return apply_axis_mask(x, **draw_axis_mask_params(x.shape[0], generator, x.device, p, x.shape[1]))
@@ -364,13 +451,16 @@ def draw_time_flip_params(n: int, generator: torch.Generator | None = None, devi
     "Whether each sample is played backwards."
     return dict(flip=rand_coin(n, p, generator, device))
 
+def time_flip_index(flip, T: int) -> torch.Tensor:
+    "(N, T) source frames: reversed for the flipped samples."
+    flip = torch.as_tensor(flip).bool().view(-1, 1)
+    t = torch.arange(T, device=flip.device)
+    return torch.where(flip, T - 1 - t, t)
+
 def apply_time_flip(x, flip) -> torch.Tensor:
     "Reverse the frame order of the flipped samples."
     _check_batch(x)
-    T = x.shape[2]
-    t = torch.arange(T, device=x.device)
-    index = torch.where(_mask(flip, x)[:, None], T - 1 - t, t)
-    return _gather_frames(x, index)
+    return _gather_frames(x, time_flip_index(_mask(flip, x), x.shape[2]))
 
 def random_time_flip(x, p: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
     "Time flip with probability `p` per sample."
@@ -674,10 +764,14 @@ class Augmentation:
     "Base of the pipeline steps: `draw` parameters for a batch, `apply` them; calling does both."
     resizes_time = False          # after this step every frame is valid (crop-resize)
     commutes_with_linear = False  # joint/time-only steps that commute with per-sample coordinate matrices
+    joints_only = False           # acts on joints only, the same way on every frame and coordinate (commutes with both)
     def draw(self, x, generator=None, lengths=None) -> dict: return {}
     def apply(self, x, params: dict, inplace: bool = False): raise NotImplementedError
     def linear_matrix(self, params: dict):
         "The (N, C, C) coordinate matrix of a coordinate-linear step (None for the others)."
+        return None
+    def frame_index(self, params: dict, T: int):
+        "The (N, T') source frames of a step that only picks frames (None for the others)."
         return None
     def reference(self, clip, params: dict): raise NotImplementedError
     def reference_draw(self, clip, rng, length=None) -> dict: return {}
@@ -691,6 +785,7 @@ class TemporalCrop(Augmentation):
     commutes_with_linear = True
     def draw(self, x, generator=None, lengths=None): return draw_temporal_crop_params(x.shape[0], generator, x.device, x.shape[2], self.padding_ratio)
     def apply(self, x, params, inplace=False): return apply_temporal_crop(x, **params, padding_ratio=self.padding_ratio)
+    def frame_index(self, params, T): return _checked_crop_index(params['start'], T, self.padding_ratio, None)
     def reference(self, clip, params): return reference_temporal_crop(clip, **params, padding_ratio=self.padding_ratio)
     def reference_draw(self, clip, rng, length=None): return dict(start=rng.integers(0, 2 * (clip.shape[1] // self.padding_ratio) + 1))
 
@@ -715,6 +810,8 @@ class SpatialFlip(Augmentation):
     mirror_axis: int | None = None
     @property
     def commutes_with_linear(self): return self.mirror_axis is None
+    @property
+    def joints_only(self): return self.mirror_axis is None
     def draw(self, x, generator=None, lengths=None): return draw_spatial_flip_params(x.shape[0], generator, x.device, self.p)
     def apply(self, x, params, inplace=False): return apply_spatial_flip(x, **params, layout=self.layout, mirror_axis=self.mirror_axis, inplace=inplace)
     def reference(self, clip, params): return reference_spatial_flip(clip, **params, layout=self.layout, mirror_axis=self.mirror_axis)
@@ -767,6 +864,7 @@ class AxisMask(Augmentation):
     p: float = 0.5
     def draw(self, x, generator=None, lengths=None): return draw_axis_mask_params(x.shape[0], generator, x.device, self.p, x.shape[1])
     def apply(self, x, params, inplace=False): return apply_axis_mask(x, **params, inplace=inplace)
+    def linear_matrix(self, params): return axis_mask_matrix(params['axis'], params.get('apply'), 3)
     def reference(self, clip, params): return reference_axis_mask(clip, **params)
     def reference_draw(self, clip, rng, length=None): return dict(axis=rng.integers(clip.shape[0]), apply=_coin_np(rng, self.p))
 
@@ -777,6 +875,7 @@ class TimeFlip(Augmentation):
     commutes_with_linear = True
     def draw(self, x, generator=None, lengths=None): return draw_time_flip_params(x.shape[0], generator, x.device, self.p)
     def apply(self, x, params, inplace=False): return apply_time_flip(x, **params)
+    def frame_index(self, params, T): return time_flip_index(params['flip'], T)
     def reference(self, clip, params): return reference_time_flip(clip, **params)
     def reference_draw(self, clip, rng, length=None): return dict(flip=_coin_np(rng, self.p))
 
@@ -820,6 +919,7 @@ class SpatialMask(Augmentation):
     hops: int = 2
     layout: str = 'ntu25'
     commutes_with_linear = True
+    joints_only = True
     def draw(self, x, generator=None, lengths=None): return draw_spatial_mask_params(x.shape[0], generator, x.device, x.shape[3], self.num_seeds, self.p)
     def apply(self, x, params, inplace=False): return apply_spatial_mask(x, **params, layout=self.layout, num_masked=self.num_masked, hops=self.hops, inplace=inplace)
     def reference(self, clip, params): return reference_spatial_mask(clip, **params, layout=self.layout, num_masked=self.num_masked, hops=self.hops)
@@ -870,6 +970,9 @@ class PartSwap:
         return self.apply(x, params), params['region']
 
 # %% ../nbs/05_augment.ipynb #8d8fafb6
+def _is_diagonal(A) -> bool:
+    return A.shape[-1] == A.shape[-2] and not bool((A - torch.diag_embed(torch.diagonal(A, dim1=-2, dim2=-1))).any())
+
 class Compose:
     "A pipeline of augmentation steps, each drawing its own per-sample parameters."
     def __init__(self, steps, name: str = '',
@@ -881,21 +984,49 @@ class Compose:
         self.steps, self.name, self.fuse_linear = steps, name, fuse_linear
 
     def _run(self, x, get_params):
-        pending = None                                   # product of coordinate matrices not applied yet
-        owned = False                                    # x is a tensor made here (steps may then work in place)
+        owned = False                # x is a tensor made here (steps may then work in place)
+        if not self.fuse_linear:
+            for i, step in enumerate(self.steps):
+                y = step.apply(x, get_params(i, step, x), inplace=owned)
+                owned, x = owned or y is not x, y
+            return x
+        index = matrix = None        # frames to pick and product of coordinate matrices, not applied yet
+        deferred = []                # joint-only steps waiting for them (they commute with both)
+        def flush(x, owned):
+            nonlocal index, matrix, deferred
+            if index is not None or matrix is not None:
+                if index is None and owned and _is_diagonal(matrix):   # masks only: scale in place
+                    x = x.mul_(torch.diagonal(matrix, dim1=-2, dim2=-1).to(device=x.device, dtype=x.dtype).reshape(-1, x.shape[1], 1, 1, 1))
+                else:
+                    x, owned = _gather_linear(x, index, matrix), True
+            for step, p in deferred:
+                y = step.apply(x, p, inplace=owned)
+                owned, x = owned or y is not x, y
+            index = matrix = None; deferred = []
+            return x, owned
         for i, step in enumerate(self.steps):
-            params = get_params(i, step, x)
-            A = step.linear_matrix(params) if self.fuse_linear else None
-            if A is not None:
-                A = torch.as_tensor(A).to(device=x.device, dtype=torch.float64)
-                pending = A if pending is None else A @ pending
+            frames = x.shape[2] if index is None else index.shape[1]
+            params = get_params(i, step, x if index is None else x[:, :, :1].expand(x.shape[0], x.shape[1], frames, *x.shape[3:]))
+            idx = step.frame_index(params, frames)
+            if idx is not None:
+                idx = idx.to(x.device)
+                index = idx if index is None else index.gather(1, idx)
                 continue
-            if pending is not None and not step.commutes_with_linear:
-                x, pending, owned = apply_linear(x, pending), None, True
+            A = step.linear_matrix(params)
+            if A is not None and A.shape[-1] == x.shape[1]:
+                A = torch.as_tensor(A).to(device=x.device, dtype=torch.float64)
+                matrix = A if matrix is None else A @ matrix
+                continue
+            pending = index is not None or matrix is not None
+            if pending and step.joints_only:
+                deferred.append((step, params))
+                continue
+            if pending and not (step.commutes_with_linear and index is None and not deferred):
+                x, owned = flush(x, owned)
             y = step.apply(x, params, inplace=owned)
             owned = owned or y is not x
             x = y
-        return x if pending is None else apply_linear(x, pending)
+        return flush(x, owned)[0]
 
     def __call__(self, x, generator: torch.Generator | None = None, lengths=None, return_params: bool = False):
         _check_batch(x)
@@ -987,15 +1118,16 @@ def get_preset(name: str, **kwargs) -> Compose:
 # %% ../nbs/05_augment.ipynb #0431878a
 UPSTREAM_US_PER_SAMPLE = {'normal_pair': 116.0, 'extreme_view': 505.0}   # upstream feeders on a 2-core CPU (extreme: mid of 463-547)
 
-def _median_seconds(fn, repeats, warmup, sync=lambda: None):
-    for _ in range(warmup): fn(); sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter(); fn(); sync(); times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+def _seconds(fn, sync=lambda: None):
+    t0 = time.perf_counter(); fn(); sync()
+    return time.perf_counter() - t0
 
-def _bench_views(views, what, batch, frames, joints, persons, repeats, warmup, reference_samples, device, num_threads, seed):
+def _bench_views(views, what, batch, frames, joints, persons, repeats, warmup, reference_samples, device, num_threads, seed, malloc=False):
     device = torch.device(device)
+    tuned = False
+    if malloc:
+        from skelnb.encoders import tune_malloc
+        tuned = tune_malloc()
     old_threads = torch.get_num_threads()
     if num_threads: torch.set_num_threads(num_threads)
     try:
@@ -1018,30 +1150,40 @@ def _bench_views(views, what, batch, frames, joints, persons, repeats, warmup, r
         def reference():
             for i in range(n_ref):
                 for v in views: v.reference_random(x_np[i], rng)
-        t_batched = _median_seconds(batched, repeats, warmup, sync)
-        t_ref = _median_seconds(reference, max(3, repeats // 3), 1)
+        for _ in range(warmup): batched(); sync()
+        reference()
+        times_batched, times_ref = [], []
+        for r in range(repeats):            # interleaved: a change of load on a shared machine hits both sides
+            times_batched.append(_seconds(batched, sync))
+            if r % 3 == 0: times_ref.append(_seconds(reference))
+        t_batched, t_ref = float(np.median(times_batched)), float(np.median(times_ref))
         ours, theirs = batch / t_batched, n_ref / t_ref
         return dict(skelnb_samples_per_s=ours, reference_samples_per_s=theirs, speedup=ours / theirs,
                     skelnb_us_per_sample=1e6 / ours, reference_us_per_sample=1e6 / theirs,
                     upstream_us_per_sample=UPSTREAM_US_PER_SAMPLE[what], speedup_vs_upstream=UPSTREAM_US_PER_SAMPLE[what] * ours / 1e6,
-                    max_abs_diff=max_diff, batch=(batch, 3, frames, joints, persons), device=str(device), threads=torch.get_num_threads())
+                    max_abs_diff=max_diff, batch=(batch, 3, frames, joints, persons), device=str(device), threads=torch.get_num_threads(),
+                    load_average=os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan'), malloc_tuned=tuned)
     finally:
         torch.set_num_threads(old_threads)
 
 def bench_normal_pair(batch: int = 128, frames: int = 50, joints: int = 25, persons: int = 2,
                       repeats: int = 30, warmup: int = 5,
                       reference_samples: int | None = None, # samples the reference runs (default: the batch)
-                      device='cpu', num_threads: int | None = None, seed: int = 0) -> dict:
+                      device='cpu', num_threads: int | None = None, seed: int = 0,
+                      malloc: bool = False, # call `skelnb.encoders.tune_malloc` first (affects the whole process)
+                     ) -> dict:
     "Samples/s of the two normal views (crop + shear, twice): batched skelnb vs the per-sample numpy reference."
     return _bench_views([normal_view(), normal_view()], 'normal_pair', batch, frames, joints, persons, repeats, warmup,
-                        reference_samples, device, num_threads, seed)
+                        reference_samples, device, num_threads, seed, malloc)
 
 def bench_extreme_view(batch: int = 128, frames: int = 50, joints: int = 25, persons: int = 2,
                        repeats: int = 30, warmup: int = 5, reference_samples: int | None = None,
-                       device='cpu', num_threads: int | None = None, seed: int = 0, aug_method: str = '12345') -> dict:
+                       device='cpu', num_threads: int | None = None, seed: int = 0, aug_method: str = '12345',
+                       malloc: bool = False, # call `skelnb.encoders.tune_malloc` first (affects the whole process)
+                      ) -> dict:
     "Samples/s of AimCLR's extreme view: batched skelnb vs the per-sample numpy reference."
     return _bench_views([aimclr_extreme(aug_method)], 'extreme_view', batch, frames, joints, persons, repeats, warmup,
-                        reference_samples, device, num_threads, seed)
+                        reference_samples, device, num_threads, seed, malloc)
 
 # %% ../nbs/05_augment.ipynb #9e1c6250
 AUGMENTATIONS = {'temporal_crop': TemporalCrop, 'shear': Shear, 'spatial_flip': SpatialFlip, 'rotate': Rotate,

@@ -309,6 +309,98 @@ def test_blur_gain_and_conv():
         assert abs(apply_gaussian_blur(ones, torch.tensor([s]), normalize=True)[0, 0, 30, 0, 0].item() - 1) < 1e-12
 
 
+# ---------------------------------------------------------------- fused passes (the fast paths agree with the plain ones)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_gather_linear_matches_two_steps(dtype):
+    x = batch(5, T=20, dtype=dtype)
+    index = torch.randint(0, 20, (5, 13), generator=gen(1))
+    A = torch.randn(5, 3, 3, generator=gen(2), dtype=torch.float64)
+    want = apply_linear(gather_frames(x, index), A)
+    tol = dict(atol=1e-12, rtol=1e-12) if dtype == torch.float64 else dict(atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(gather_linear(x, index, A), want, **tol)
+    torch.testing.assert_close(gather_linear(x, index, A[0]), apply_linear(gather_frames(x, index), A[0]), **tol)   # one matrix for all
+    assert torch.equal(gather_linear(x, index), gather_frames(x, index))
+    torch.testing.assert_close(gather_linear(x, matrix=A), apply_linear(x, A), **tol)
+    y = gather_linear(x)
+    assert torch.equal(y, x) and y.data_ptr() != x.data_ptr()
+    # by hand: output frame t of sample 0 is A x[:, index[0, t]]
+    t = 4
+    torch.testing.assert_close(gather_linear(x, index, A)[0, :, t], torch.einsum('ij,jvm->ivm', A[0].to(dtype), x[0, :, index[0, t]]), **tol)
+    with pytest.raises(IndexError, match='outside'): gather_linear(x, torch.full((5, 3), 20))
+    with pytest.raises(ValueError, match=r'matrix must be'): gather_linear(x, index, torch.eye(2))
+
+
+@pytest.mark.parametrize('dtype,M', [(torch.float32, 1), (torch.float32, 2), (torch.float32, 3), (torch.float64, 1),
+                                     (torch.float64, 2), (torch.float16, 2)])
+def test_permute_joints_every_width(dtype, M):
+    "The one-word-per-joint path (2, 4, 8 bytes) and the runs path give x[:, :, :, perm]."
+    perm = get_layout('ntu25').mirror
+    x = torch.randn(3, 3, 7, 25, M).to(dtype)
+    want = x[:, :, :, list(perm)]
+    assert torch.equal(permute_joints(x, perm), want)
+    xt = x.transpose(0, 2)                                                               # not contiguous: runs path
+    assert torch.equal(permute_joints(xt, perm), xt[:, :, :, list(perm)])
+
+
+def test_blur_matrix_is_the_band():
+    sigma = torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64)
+    T, size = 20, 15
+    B = blur_matrix(sigma, T, size, dtype=torch.float64)
+    w = gaussian_kernel(sigma, size)
+    for n in range(3):
+        for t in range(T):
+            for s in range(T):
+                want = w[n, s - t + 7].item() if abs(s - t) <= 7 else 0.0
+                want = 0.0 if want < torch.finfo(torch.float64).tiny / torch.finfo(torch.float64).eps else want
+                assert B[n, t, s].item() == want
+    assert blur_matrix(sigma, 4, size).shape == (3, 4, 4)                                # shorter than the kernel
+
+
+def test_axis_mask_and_time_flip_as_maps():
+    x = batch(6, T=9)
+    axis, on = torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([True, True, False, True, False, True])
+    assert torch.equal(apply_linear(x, axis_mask_matrix(axis, on)), apply_axis_mask(x, axis, on))
+    assert torch.equal(gather_frames(x, time_flip_index(on, 9)), apply_time_flip(x, on))
+    assert time_flip_index(torch.tensor([True, False]), 4).tolist() == [[3, 2, 1, 0], [0, 1, 2, 3]]
+
+
+FUSED_PIPELINES = [
+    [TemporalCrop(), TimeFlip(p=1.0), Shear(), SpatialFlip(p=1.0), AxisMask(p=1.0), Rotate()],
+    [TimeFlip(), TemporalCrop(), SpatialMask(), Shear(), GaussianBlur(p=1.0), AxisMask(), SpatialFlip(mirror_axis=0)],
+    [Shear(), SpatialFlip(), TemporalCrop(), ToStream('bone'), Rotate(), TemporalMask(), AxisMask()],
+    [TemporalCrop(), SpatialFlip(), SpatialMask()],          # only frame picks and joint steps
+    [AxisMask(p=1.0), GaussianNoise(p=1.0), AxisMask(p=1.0)],
+]
+
+
+@pytest.mark.parametrize('k', range(len(FUSED_PIPELINES)))
+def test_fused_pipelines_equal_step_by_step(k):
+    "Frame picks, coordinate maps and joint steps deferred and applied in one pass give the step-by-step result."
+    x = batch(6, T=64, dtype=torch.float64)
+    fused, plain = Compose(FUSED_PIPELINES[k]), Compose(FUSED_PIPELINES[k], fuse_linear=False)
+    y, params = fused(x, gen(4), return_params=True)
+    torch.testing.assert_close(y, plain(x, gen(4)), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(fused.apply(x, params), y, atol=0, rtol=0)
+    for i in range(6):
+        np.testing.assert_allclose(y[i].numpy(), fused.reference(x[i].numpy(), [sample_params(p, i) for p in params]), atol=1e-10)
+
+
+def test_replayed_bad_crop_raises():
+    x = batch(2, T=50)
+    pipeline = normal_view()
+    _, params = pipeline(x, gen(0), return_params=True)
+    params[0] = dict(start=torch.tensor([0, 17]))                                         # 2p = 16 for T = 50
+    with pytest.raises(ValueError, match='start must be in 0..16'): pipeline.apply(x, params)
+
+
+def test_integer_draws_match_tensor_bounds():
+    "The plain-int fast path of rand_int draws exactly what the per-draw-bounds path draws."
+    a = rand_int(1000, 2, 9, gen(3))
+    b = rand_int(1000, torch.full((1000,), 2), torch.full((1000,), 9), gen(3))
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match='empty range'): rand_int(3, 5, 4)
+
+
 # ---------------------------------------------------------------- errors, presets, light import
 def test_errors_name_the_argument():
     x = batch()
@@ -343,7 +435,8 @@ def test_benchmarks_run_small():
     for bench in (bench_normal_pair, bench_extreme_view):
         r = bench(batch=8, repeats=2, warmup=1)
         assert r['max_abs_diff'] < 1e-4 and r['skelnb_samples_per_s'] > 0 and r['reference_samples_per_s'] > 0
-        assert set(r) >= {'speedup', 'skelnb_us_per_sample', 'reference_us_per_sample', 'upstream_us_per_sample'}
+        assert set(r) >= {'speedup', 'skelnb_us_per_sample', 'reference_us_per_sample', 'upstream_us_per_sample', 'load_average'}
+        assert r['malloc_tuned'] is False and r['threads'] == torch.get_num_threads()
 
 
 # ---------------------------------------------------------------- explorer, headless
