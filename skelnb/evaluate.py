@@ -645,6 +645,7 @@ def evaluate_cli(argv=None) -> list:
     ap.add_argument('--ridge-floor', action='store_true', help='add skelnb.data.ridge_floor on the raw clips')
     ap.add_argument('--epochs', type=int, default=100, help='linear evaluation epochs (fine-tuning uses --ft-epochs)')
     ap.add_argument('--ft-epochs', type=int, default=100)
+    ap.add_argument('--ft-batch-size', type=int, default=128, help='fine-tuning and semi-supervised batch (small labelled subsets need smaller batches)')
     ap.add_argument('--val-fraction', type=float, default=0.0, help='validation share for best-epoch selection (linear)')
     ap.add_argument('--fractions', default='0.01,0.1'); ap.add_argument('--seeds', default='0,1,2')
     ap.add_argument('--cache-features', action='store_true', help='linear evaluation on cached features (same result, faster)')
@@ -672,10 +673,11 @@ def evaluate_cli(argv=None) -> list:
     rows = run_protocols(model, tr, te, protocols, device=a.device,
                          linear_kwargs=dict(epochs=a.epochs, milestones=(int(a.epochs * 0.8),), val_fraction=a.val_fraction,
                                             cache_features=a.cache_features, seed=a.seed),
-                         finetune_kwargs=dict(epochs=a.ft_epochs, milestones=(int(a.ft_epochs * 0.6), int(a.ft_epochs * 0.8)), seed=a.seed),
+                         finetune_kwargs=dict(epochs=a.ft_epochs, milestones=(int(a.ft_epochs * 0.6), int(a.ft_epochs * 0.8)), seed=a.seed,
+                                              batch_size=a.ft_batch_size),
                          semi_kwargs=dict(fractions=[float(x) for x in a.fractions.split(',')], seeds=ints(a.seeds),
                                           subset_dir=Path(a.out) / 'subsets', epochs=a.ft_epochs,
-                                          milestones=(int(a.ft_epochs * 0.6), int(a.ft_epochs * 0.8))))
+                                          milestones=(int(a.ft_epochs * 0.6), int(a.ft_epochs * 0.8)), batch_size=a.ft_batch_size))
     if a.ridge_floor: rows.append(raw_ridge_floor(a.data, a.stream or 'joint', a.train_split, a.test_split) if a.train_data is None
                                   else {'protocol': 'ridge floor', 'setting': 'skipped: train and test folders differ', 'accuracy': None})
     data_name = read_info(a.data).get('name', Path(a.data).name) + f' {a.test_split}' + (f' ({a.stream})' if a.stream else '')

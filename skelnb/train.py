@@ -759,7 +759,9 @@ def _resume(self: Trainer, resume):
 # %% ../nbs/11_train.ipynb #3a4dffde
 def _make_bar(total, disable, desc):
     from tqdm.auto import tqdm   # imported here: in a notebook tqdm.auto pulls in ipywidgets
-    return tqdm(total=total, disable=disable, desc=desc, unit='step', dynamic_ncols=True)
+    # in a log file (not a terminal) every refresh is a new line: refresh rarely there
+    every = 0.1 if getattr(sys.stderr, 'isatty', lambda: False)() else 30
+    return tqdm(total=total, disable=disable, desc=desc, unit='step', dynamic_ncols=True, mininterval=every)
 
 
 @patch
