@@ -9,11 +9,10 @@ import torch
 from torch import nn
 from .skeleton import STREAMS
 from .augment import normal_view, aimclr_extreme, AIMCLR_OPS
-from .encoders import STGCN, EADM, upstream_init_
-from .memory import MoCoQueue
+from .encoders import STGCN, EADM
 from .losses import aimclr_losses
-from .skeletonclr import (check_field, _check_encoder_fields, _preset_config, stgcn_for, key_encoder,
-                                _MoCoBase, _unit, SkeletonCLR)
+from .skeletonclr import (check_field, _check_encoder_fields, _preset_config, stgcn_for,
+                                _unit, SkeletonCLR)
 
 # %% auto #0
 __all__ = ['AIMCLR_PRESETS', 'AIMCLR_TRAIN_RECIPES', 'AimCLRConfig', 'aimclr_config', 'extreme_embeddings', 'AimCLR']
@@ -86,30 +85,16 @@ def extreme_embeddings(encoder: STGCN,   # the query encoder (with its projector
     return _unit(out['head']), _unit(encoder.fc(dropped))
 
 # %% ../nbs/10b_aimclr.ipynb #124316b0
-class AimCLR(_MoCoBase):
+class AimCLR(SkeletonCLR):
     "AimCLR: SkeletonCLR plus an extreme view with EADM, the D3M loss and NNM from `switch_epoch`."
     method_name = 'aimclr'
     config_class = AimCLRConfig
 
-    def __init__(self, config: AimCLRConfig | None = None, seed: int = 0):
-        super().__init__(seed)
-        self._setup(config, seed)
-
     def _build(self, c, g):
-        self.encoder_q, self.encoder_k = stgcn_for(c), stgcn_for(c)
-        if c.upstream_init: upstream_init_(self.encoder_q, g)
-        key_encoder(self.encoder_q, self.encoder_k)
-        if c.upstream_init: upstream_init_(self.encoder_k, g)
-        self.eadm = EADM(c.keep_prob, c.eadm_lambda, c.eadm_legacy)
-        self.queue = MoCoQueue(c.feature_dim, c.queue_size, generator=g)
+        super()._build(c, g)          # SkeletonCLR's query/key encoders, queue and normal view, drawn in the same order
         self.augment = normal_view(c.padding_ratio, c.shear_amplitude, name='aimclr normal')
+        self.eadm = EADM(c.keep_prob, c.eadm_lambda, c.eadm_legacy)
         self.extreme = aimclr_extreme(c.aug_method, c.padding_ratio, c.shear_amplitude, c.layout)
-
-    backbone = SkeletonCLR.backbone
-    stream = SkeletonCLR.stream
-    embed = SkeletonCLR.embed
-    encode = SkeletonCLR.encode
-    load_upstream = SkeletonCLR.load_upstream
 
     def nnm_on(self, epoch: int) -> bool:
         "Whether nearest-neighbour mining is on at (0-based) `epoch`."

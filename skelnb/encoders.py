@@ -17,13 +17,13 @@ from .skeleton import Graph, get_layout, to_stream, STREAMS
 # %% auto #0
 __all__ = ['GRAPH_ORDERS', 'STGCN_PRESETS', 'STGCN_OUTPUTS', 'SCDNET_PRESETS', 'graph_conv_reference', 'graph_conv',
            'max_abs_diff', 'bench_graph_conv', 'keep_mask', 'DropAddReLU', 'drop_add_relu', 'batch_stats',
-           'batch_norm_accurate', 'stgcn_block_specs', 'GraphConvUnit', 'STGCNBlock', 'STGCNConfig', 'get_stgcn_config',
-           'mlp_head', 'linear_head', 'make_head', 'STGCN', 'count_parameters', 'stgcn_reference_forward',
-           'load_upstream_checkpoint', 'upstream_stgcn_keys', 'upstream_init_', 'stgcn_receptive_fields', 'stgcn_flops',
-           'measured_flops', 'tune_malloc', 'matmul_peak_gflops', 'bench_stgcn', 'simam_attention', 'eadm_masks',
-           'eadm_drop', 'EADM', 'MLP1D', 'skeattnclr_projector', 'skeattnclr_predictor', 'AttentionMaskNeck',
-           'SCDNetConfig', 'get_scdnet_config', 'CTRGC', 'CTRGraphConv', 'MultiScaleTemporalConv', 'CTRGCNBlock',
-           'CTRGCNStem', 'SCDNetEncoder']
+           'batch_norm_accurate', 'stgcn_block_specs', 'GraphConvUnit', 'STGCNBlock', 'STGCNConfig', 'preset_config',
+           'get_stgcn_config', 'mlp_head', 'linear_head', 'make_head', 'STGCN', 'count_parameters',
+           'stgcn_reference_forward', 'load_upstream_checkpoint', 'upstream_stgcn_keys', 'upstream_init_',
+           'stgcn_receptive_fields', 'stgcn_flops', 'measured_flops', 'tune_malloc', 'matmul_peak_gflops',
+           'bench_stgcn', 'simam_attention', 'eadm_masks', 'eadm_drop', 'EADM', 'MLP1D', 'skeattnclr_projector',
+           'skeattnclr_predictor', 'AttentionMaskNeck', 'SCDNetConfig', 'get_scdnet_config', 'CTRGC', 'CTRGraphConv',
+           'MultiScaleTemporalConv', 'CTRGCNBlock', 'CTRGCNStem', 'SCDNetEncoder']
 
 # %% ../nbs/06_encoders.ipynb #4035253b
 def graph_conv_reference(x,             # features `(N, C_in, T, V)`
@@ -344,15 +344,24 @@ STGCN_PRESETS = {
     'tiny': STGCNConfig(hidden_channels=4, hidden_dim=32, num_class=16),
 }
 
+def preset_config(presets: dict, # name -> config dataclass instance
+                  cls: type,      # the config dataclass (an instance of it is used as is)
+                  preset,         # a name in `presets` or a `cls` instance
+                  overrides: dict, # fields to change
+                  what: str,      # for the error message
+                 ):
+    "A copy of a named (or given) config dataclass with `overrides` applied; unknown names list the presets."
+    if isinstance(preset, cls): cfg = preset
+    else:
+        try: cfg = presets[preset]
+        except KeyError: raise KeyError(f'unknown {what} preset {preset!r}; presets: {sorted(presets)}') from None
+    return replace(cfg, **overrides)
+
 def get_stgcn_config(preset='skeletonclr', # a name in `STGCN_PRESETS` or an `STGCNConfig`
                      **overrides,           # fields to change, e.g. `head='linear', num_class=60`
                     ) -> STGCNConfig:
     "A copy of a named ST-GCN config with `overrides` applied."
-    if isinstance(preset, STGCNConfig): cfg = preset
-    else:
-        try: cfg = STGCN_PRESETS[preset]
-        except KeyError: raise KeyError(f'unknown ST-GCN preset {preset!r}; presets: {sorted(STGCN_PRESETS)}') from None
-    return replace(cfg, **overrides)
+    return preset_config(STGCN_PRESETS, STGCNConfig, preset, overrides, 'ST-GCN')
 
 # %% ../nbs/06_encoders.ipynb #2e4cd771
 def mlp_head(in_dim: int = 256, hidden_dim: int = 256, out_dim: int = 128) -> nn.Sequential:
@@ -833,11 +842,7 @@ SCDNET_PRESETS = {
 
 def get_scdnet_config(preset='paper', **overrides) -> SCDNetConfig:
     "A copy of a named SCD-Net config with `overrides` applied."
-    if isinstance(preset, SCDNetConfig): cfg = preset
-    else:
-        try: cfg = SCDNET_PRESETS[preset]
-        except KeyError: raise KeyError(f'unknown SCD-Net preset {preset!r}; presets: {sorted(SCDNET_PRESETS)}') from None
-    return replace(cfg, **overrides)
+    return preset_config(SCDNET_PRESETS, SCDNetConfig, preset, overrides, 'SCD-Net')
 
 # %% ../nbs/06_encoders.ipynb #0046662f
 class CTRGC(nn.Module):

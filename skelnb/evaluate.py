@@ -187,7 +187,7 @@ def logistic_probe(train_f, train_y, test_f, test_y, # features and labels
                    weight_decay: float = 1e-4,  # lambda of the L2 penalty on W
                    max_iter: int = 200,         # L-BFGS iterations
                    standardize: bool = True,
-                   return_model: bool = False,  # also return (W, b)
+                   return_model: bool = False,  # also return (W, b) and the test predictions
                   ) -> dict:
     "Accuracy (%) of an L2-regularised multinomial logistic regression fitted by full-batch L-BFGS."
     (train_f, train_y), (test_f, test_y) = _check_features(train_f, train_y, 'train'), _check_features(test_f, test_y, 'test')
@@ -206,7 +206,7 @@ def logistic_probe(train_f, train_y, test_f, test_y, # features and labels
     W, b = W.detach(), b.detach()
     out = {'protocol': 'probe', 'setting': f'logistic L-BFGS wd={weight_decay:g}', 'accuracy': _top(Xt @ W + b, test_y),
            'train_accuracy': _top(X @ W + b, train_y), 'selection': 'none (converged fit)'}
-    if return_model: out['model'] = (W, b)
+    if return_model: out['model'], out['predictions'] = (W, b), (Xt @ W + b).argmax(1)   # test predictions, e.g. per class
     return out
 
 # %% ../nbs/12_evaluate.ipynb #9d394552

@@ -75,16 +75,13 @@ def stage_pretrain(cfg: MainConfig, data: dict):
 # %% ../nbs/14_main.ipynb #adcdea4c
 def evaluate_encoder(model, data: dict, name: str) -> dict:
     "KNN-1, weighted KNN-20 and the L-BFGS linear probe of `model`'s frozen features; per-class probe accuracy."
-    from skelnb.evaluate import extract_features, knn_accuracy, logistic_probe, _standardize
+    from skelnb.evaluate import extract_features, knn_accuracy, logistic_probe
     ftr, ytr = extract_features(model, data['train'])
     fte, yte = extract_features(model, data['test'])
     k20 = min(20, len(ytr))
     probe = logistic_probe(ftr, ytr, fte, yte, return_model=True)
-    W, b = probe.pop('model') if 'model' in probe else (None, None)
-    per_class = None
-    if W is not None:
-        pred = (_standardize(ftr.double(), fte.double())[1] @ W + b).argmax(1)   # the probe's own standardisation
-        per_class = {int(c): 100.0 * float((pred[yte == c] == c).double().mean()) for c in torch.unique(yte)}
+    pred = probe.pop('predictions'); probe.pop('model')
+    per_class = {int(c): 100.0 * float((pred[yte == c] == c).double().mean()) for c in torch.unique(yte)}
     rows = [{'model': name, 'protocol': 'knn', 'setting': 'k=1 cosine', 'accuracy': knn_accuracy(ftr, ytr, fte, yte, 1)},
             {'model': name, 'protocol': 'knn', 'setting': f'k={k20} weighted T=0.1',
              'accuracy': knn_accuracy(ftr, ytr, fte, yte, k20, 0.1, weighted=True)},
@@ -138,7 +135,7 @@ def write_report(path, cfg: MainConfig, data: dict, trainer, evaluation: dict, t
     for i, (h, fig) in enumerate(figs):
         parts.append(f'<h2>{html.escape(h)}</h2>' + fig.to_html(full_html=False, include_plotlyjs=(i == 0), auto_play=False))
     cols = [('model', 'model'), ('protocol', 'protocol'), ('setting', 'setting'), ('accuracy', 'top-1 %'), ('selection', 'selection')]
-    pc_t, pc_r = evaluation['trained']['per_class'] or {}, evaluation['random']['per_class'] or {}
+    pc_t, pc_r = evaluation['trained']['per_class'], evaluation['random']['per_class']
     pc_rows = [{'class': names[c] if names else c, 'random init': pc_r.get(c), 'pretrained': pc_t.get(c)} for c in sorted(pc_t)]
     style = ('body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}'
              'table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}'

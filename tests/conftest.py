@@ -2,6 +2,7 @@
 import os
 from pathlib import Path
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get('SKELNB_SHARED_DATA', ROOT.parent / 'shared' / 'data'))
@@ -13,6 +14,14 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f'real datasets not found at {SHARED_DATA} (set SKELNB_SHARED_DATA to the folder holding utd_kinect_v2/, nw_ucla/, ...)')
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_thread():
+    "Tiny models run fastest on one torch thread (and leave the other core free); the thread count is restored afterwards."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def pytest_configure(config):

@@ -15,12 +15,7 @@ from skelnb.mixers import a2mc_mix_loss
 from skelnb.train import Trainer, TrainConfig, seed_everything, latest_checkpoint, checkpoint_path
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    "Tiny models run fastest on one thread when the CPU is shared; restored afterwards."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # tiny models: one thread is faster (tests/conftest.py)
 
 
 def clips(n=8, frames=24, persons=2, seed=0):

@@ -20,11 +20,7 @@ TINY = dict(hidden_channels=4, hidden_dim=32, feature_dim=16, queue_size=64)
 STREAM_FN = {'joint': lambda x: x, 'motion': joint_to_motion, 'bone': joint_to_bone}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # tiny models: one thread is faster (tests/conftest.py)
 
 
 @pytest.fixture(scope='module')

@@ -20,11 +20,7 @@ from skelnb.train import Trainer, TrainConfig, seed_everything, train_preset, la
 TINY = dict(hidden_channels=4, hidden_dim=32, feature_dim=16, queue_size=64)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # tiny models: one thread is faster (tests/conftest.py)
 
 
 @pytest.fixture(scope='module')

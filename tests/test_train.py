@@ -15,12 +15,7 @@ from skelnb.train import (SSLMethod, ToyMoCo, ToyClips, Trainer, TrainConfig, Ch
                           bench_trainer, run_toy_ddp, CHECKPOINT_FORMAT)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    "The toy models are tiny: one thread is faster and keeps the shared machine free."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # tiny models: one thread is faster (tests/conftest.py)
 
 
 def lesson(**kw):
