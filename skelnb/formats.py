@@ -175,10 +175,12 @@ def _tokenize_general(data, path):
 
 def _tokenize(data:bytes, path):
     "Token spans of a text file, and per line its first token and token count."
-    data = data.rstrip()
-    if not data: raise SkeletonFormatError(path, 1, 'the file is empty')
-    crlf = b'\r' in data
-    data += b'\r\n' if crlf else b'\n'
+    body = data.rstrip()
+    if not body: raise SkeletonFormatError(path, 1, 'the file is empty')
+    crlf = b'\r' in body
+    end = b'\r\n' if crlf else b'\n'
+    # one line end after the last line; a file that already ends that way is used as it is (no copy)
+    if not (len(data) == len(body) + len(end) and data.endswith(end)): data = body + end
     buf = np.frombuffer(data, np.uint8)
     ws = buf <= 32
     nl = np.flatnonzero(buf == 10)
@@ -269,31 +271,34 @@ class _Stop(Exception):
     def __init__(self, line, reason): self.line, self.reason = line, reason
 
 def _walk_headers_fast(data, buf, starts, ends, first, ntok, num_joints):
-    """The walk for well-formed files: Python steps once per frame (every body is assumed to have `num_joints`
-    joints), then every header line is checked at once. Returns None when anything is off; the careful walk then
-    finds and names the problem."""
+    """The walk for well-formed files, with no Python step per line or body: a line's token count says what it
+    is (1: a count, 10: a body line, 12: a joint line), the frames' body counts say where every frame and body
+    must start, and all of it is checked at once. Returns None when anything is off; the careful walk then finds
+    and names the problem."""
     if num_joints is None: return None
     nlines, per_body = len(first), 2 + num_joints
-    ls, le = starts[first].tolist(), ends[first].tolist()    # first token of every line
+    info_line = np.flatnonzero(ntok == 10)
+    if ntok[0] != 1 or (len(info_line) and info_line[-1] + 1 >= nlines): return None
+    is_count = ntok == 1
+    is_count[0] = False                                       # the frame count
+    is_count[info_line + 1] = False                           # the joint count after each body line
+    count_line = np.flatnonzero(is_count)
+    head = first[count_line]
     try:
-        T = int(data[ls[0]:le[0]])
-        if T <= 0 or ntok[0] != 1: return None
-        count_line, counts, li = [], [], 1
-        for _ in range(T):
-            nb = int(data[ls[li]:le[li]])
-            count_line.append(li); counts.append(nb)
-            li += 1 + per_body * nb
-    except (ValueError, IndexError): return None
-    if li != nlines or min(counts) < 0: return None
-    counts = np.asarray(counts, np.int64); count_line = np.asarray(count_line, np.int64)
-    body = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)   # rank within the frame
-    info_line = np.repeat(count_line, counts) + 1 + per_body * body
+        T = int(data[starts[0]:ends[0]])
+        counts = np.array([int(data[a:b]) for a, b in zip(starts[head].tolist(), ends[head].tolist())], np.int64)
+    except ValueError: return None
+    if T <= 0 or len(counts) != T or counts.min() < 0 or count_line[0] != 1: return None
+    # each frame starts right after the previous one's bodies, and the last one ends the file
+    if (np.diff(count_line) != 1 + per_body * counts[:-1]).any() or count_line[-1] + 1 + per_body * counts[-1] != nlines:
+        return None
+    rank = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)   # rank within the frame
+    if not np.array_equal(info_line, np.repeat(count_line + 1, counts) + per_body * rank): return None
     jc = first[info_line + 1]
     want = np.frombuffer(str(num_joints).encode(), np.uint8)
-    jc_ok = (ends[jc] - starts[jc] == len(want)) if len(jc) else np.ones(0, bool)
+    jc_ok = (ntok[info_line + 1] == 1) & (ends[jc] - starts[jc] == len(want))
     for i, c in enumerate(want): jc_ok &= buf[starts[jc] + i] == c
-    if not ((ntok[count_line] == 1).all() and (ntok[info_line] == 10).all() and (ntok[info_line + 1] == 1).all() and jc_ok.all()):
-        return None
+    if not jc_ok.all(): return None
     fi = first[info_line]
     ids = [int(data[a:b]) for a, b in zip(starts[fi].tolist(), ends[fi].tolist())]
     if ids and not (0 <= min(ids) and max(ids) < 2 ** 64): return None

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from skelnb.formats import *
-from skelnb.formats import _tokenize
+from skelnb.formats import _tokenize, _walk_headers, _walk_headers_fast
 
 
 def _clip(T=4, M=1, seed=0):
@@ -111,6 +111,39 @@ def test_bad_ntu_files(good_file, edit, message):
     with pytest.raises(SkeletonFormatError) as e: read_ntu_skeleton(p)
     assert message in str(e.value)
     assert str(p) in str(e.value)
+
+
+def _mutations(lines, rng):
+    "Random damage of the kinds real files show: lost, repeated or swapped lines, changed counts, extra values."
+    i = int(rng.integers(len(lines)))
+    kind = int(rng.integers(6))
+    if kind == 0: return lines[:i] + lines[i + 1:]
+    if kind == 1: return lines[:i] + [lines[i]] + lines[i:]
+    if kind == 2:
+        j = int(rng.integers(len(lines))); lines = list(lines); lines[i], lines[j] = lines[j], lines[i]; return lines
+    if kind == 3: return lines[:i] + [str(int(rng.integers(0, 4)))] + lines[i + 1:]
+    if kind == 4: return lines[:i] + [lines[i] + ' 0'] + lines[i + 1:]
+    return lines[:i] + [' '.join(lines[i].split()[:-1]) or '1'] + lines[i + 1:]
+
+
+def test_fast_walk_agrees_with_the_careful_walk(tmp_path):
+    "Whenever the vectorised walk accepts a file, the line-by-line walk finds the same structure and no problem."
+    clip = _clip(5, 2); clip[:, 1, :, 1] = 0; clip[:, 3] = 0        # frames with 2, 1 and 0 bodies
+    text = write_ntu_skeleton(tmp_path / 'x.skeleton', clip).read_text().splitlines()
+    rng = np.random.default_rng(0)
+    accepted = rejected = 0
+    for trial in range(300):
+        lines = _mutations(text, rng) if trial else text
+        data = ('\n'.join(lines) + '\n').encode()
+        if not data.strip(): continue
+        tok = _tokenize(data, 'x.skeleton')
+        fast = _walk_headers_fast(*tok, 25)
+        careful = _walk_headers(tok[0], tok[2], tok[3], tok[4], tok[5], 'x.skeleton', 25)
+        if fast is None: rejected += 1; continue
+        accepted += 1
+        assert careful[5] is None, (trial, careful[5])
+        assert fast[:5] == careful[:5]
+    assert accepted > 10 and rejected > 100      # both outcomes exercised
 
 
 def test_zero_body_frame_in_the_middle_is_fine(good_file):
