@@ -5,12 +5,14 @@
 # %% ../nbs/06_encoders.ipynb #479c5305
 from __future__ import annotations
 import ctypes, json, math, os, subprocess, sys, time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from einops import rearrange
 from .skeleton import Graph, get_layout, to_stream, STREAMS
 
@@ -21,9 +23,11 @@ __all__ = ['GRAPH_ORDERS', 'STGCN_PRESETS', 'STGCN_OUTPUTS', 'SCDNET_PRESETS', '
            'get_stgcn_config', 'mlp_head', 'linear_head', 'make_head', 'STGCN', 'count_parameters',
            'stgcn_reference_forward', 'load_upstream_checkpoint', 'upstream_stgcn_keys', 'upstream_init_',
            'stgcn_receptive_fields', 'stgcn_flops', 'measured_flops', 'tune_malloc', 'matmul_peak_gflops',
-           'bench_stgcn', 'simam_attention', 'eadm_masks', 'eadm_drop', 'EADM', 'MLP1D', 'skeattnclr_projector',
-           'skeattnclr_predictor', 'AttentionMaskNeck', 'SCDNetConfig', 'get_scdnet_config', 'CTRGC', 'CTRGraphConv',
-           'MultiScaleTemporalConv', 'CTRGCNBlock', 'CTRGCNStem', 'SCDNetEncoder']
+           'bench_stgcn', 'frozen_running_stats', 'checkpointed', 'saved_tensor_bytes', 'bench_checkpointing',
+           'release_free_memory', 'set_activation_checkpointing', 'simam_attention', 'eadm_masks', 'eadm_drop', 'EADM',
+           'MLP1D', 'skeattnclr_projector', 'skeattnclr_predictor', 'AttentionMaskNeck', 'SCDNetConfig',
+           'get_scdnet_config', 'CTRGC', 'CTRGraphConv', 'MultiScaleTemporalConv', 'CTRGCNBlock', 'CTRGCNStem',
+           'SCDNetEncoder']
 
 # %% ../nbs/06_encoders.ipynb #4035253b
 def graph_conv_reference(x,             # features `(N, C_in, T, V)`
@@ -145,22 +149,23 @@ def keep_mask(shape,               # shape of the mask
 
 # %% ../nbs/06_encoders.ipynb #e77d5ad5
 class DropAddReLU(torch.autograd.Function):
-    "`relu(h * m + residual)` computed in place on `h`, with `m` the dropout mask times the scale (0 or 1/(1-p))."
+    "`relu(s m * h + residual)` computed in place on `h`, with `m` the bool keep mask and `s = 1/(1-p)`; backward keeps `m` as bool."
     @staticmethod
-    def forward(ctx, h, m, residual):
+    def forward(ctx, h, keep, scale, residual):
+        m = keep.to(h.dtype).mul_(scale)                            # 0 or s, a temporary: only the bool mask is saved
         if residual is not None: torch.addcmul(residual, h, m, out=h)
         else: h.mul_(m)
         h.relu_()
         ctx.mark_dirty(h)
-        ctx.save_for_backward(m, h)
-        ctx.has_residual = residual is not None
+        ctx.save_for_backward(keep, h)
+        ctx.scale, ctx.has_residual = scale, residual is not None
         return h
 
     @staticmethod
     def backward(ctx, g):
-        m, out = ctx.saved_tensors
+        keep, out = ctx.saved_tensors
         g_pos = torch.ops.aten.threshold_backward(g, out, 0.0)       # ReLU's own backward kernel: g where out > 0
-        return g_pos * m, None, (g_pos if ctx.has_residual else None)
+        return g_pos * keep.to(g_pos.dtype).mul_(ctx.scale), None, None, (g_pos if ctx.has_residual else None)
 
 def drop_add_relu(h,                # tensor to drop (modified in place)
                   residual,         # tensor added after dropout, or None
@@ -174,7 +179,7 @@ def drop_add_relu(h,                # tensor to drop (modified in place)
         return F.relu(h)
     order = sorted(range(h.dim()), key=lambda d: -h.stride(d))          # axes from outermost to innermost in memory
     keep = keep_mask([h.shape[d] for d in order], p, h.device, generator).permute(*np.argsort(order).tolist())
-    return DropAddReLU.apply(h, keep.to(h.dtype).mul_(1.0 / (1.0 - p)), residual)
+    return DropAddReLU.apply(h, keep, 1.0 / (1.0 - p), residual)
 
 # %% ../nbs/06_encoders.ipynb #cc425acb
 def batch_stats(x,                 # `(N, C, ...)` input of a batch norm
@@ -334,6 +339,7 @@ class STGCNConfig:
     fold_bn_eval: bool = True     # fold batch norms into the convolutions in evaluation mode
     share_absent_eval: bool = True # evaluation mode: encode the all-zero (absent) persons of a batch once
     accurate_bn_stats: bool = True # training-mode batch statistics from `batch_stats` (see `batch_norm_accurate`)
+    checkpoint_activations: bool = False # training with gradients: keep only block inputs, recompute the rest in backward
 
 STGCN_PRESETS = {
     'skeletonclr': STGCNConfig(),
@@ -417,7 +423,9 @@ class STGCN(nn.Module):
         N, C, T, V, M = x.shape
         h = rearrange(x, 'n c t v m -> (n m t) (v c)')
         h = (batch_norm_accurate(self.data_bn, h) if self.config.accurate_bn_stats else self.data_bn(h)).view(N * M, T, V, C)
-        for i, block in enumerate(self.st_gcn_networks): h = block(h, self.adjacency(i))
+        recompute = self.config.checkpoint_activations and self.training and torch.is_grad_enabled()
+        for i, block in enumerate(self.st_gcn_networks):
+            h = checkpointed(block, h, self.adjacency(i)) if recompute else block(h, self.adjacency(i))
         return h
 
     def person_features(self, x):
@@ -726,6 +734,111 @@ def bench_stgcn(hidden_channels: int = 16, # ST-GCN width (16: SkeletonCLR/AimCL
         return out
     finally:
         torch.set_num_threads(old_threads)
+
+# %% ../nbs/06_encoders.ipynb #12e811f2
+@contextmanager
+def frozen_running_stats(module: nn.Module, # its batch norms (any `_NormBase` tracking running statistics)
+                        ):
+    "Context manager: the batch norms of `module` leave with the running statistics and batch counters they entered with."
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.running_mean is not None]
+    bufs = [(m.running_mean, m.running_var, m.num_batches_tracked) for m in bns]
+    saved = [[t.clone() for t in b] for b in bufs]
+    try: yield module
+    finally:
+        with torch.no_grad():
+            for b, s in zip(bufs, saved):
+                for t, v in zip(b, s): t.copy_(v)
+
+def _checkpoint_contexts(module, generators):
+    "Context managers of the first forward (records the generators) and of the recomputation (replays them, freezes BN)."
+    start = []
+    @contextmanager
+    def forward():
+        start[:] = [g.get_state() for g in generators]
+        yield
+    @contextmanager
+    def recompute():
+        now = [g.get_state() for g in generators]
+        for g, s in zip(generators, start): g.set_state(s)
+        try:
+            with frozen_running_stats(module): yield
+        finally:
+            for g, s in zip(generators, now): g.set_state(s)
+    return forward(), recompute()
+
+def checkpointed(module: nn.Module,  # called as `module(*args)`
+                 *args,              # its arguments (the tensors are what is kept for backward)
+                 generators: tuple = (), # explicit `torch.Generator`s the module draws from (the global one is always replayed)
+                ):
+    "`module(*args)` keeping only its inputs: activations recomputed in backward, same random draws, running statistics updated once."
+    gens = tuple(generators)
+    return torch.utils.checkpoint.checkpoint(module, *args, use_reentrant=False, preserve_rng_state=True,
+                                             context_fn=lambda: _checkpoint_contexts(module, gens))
+
+# %% ../nbs/06_encoders.ipynb #60b6e259
+def saved_tensor_bytes(fn,        # a forward computation
+                       *args, **kwargs,
+                      ) -> tuple:  # `(fn's result, bytes of the distinct storages saved for backward)`
+    "Run `fn(*args, **kwargs)` and measure what autograd keeps for the backward pass."
+    seen = {}
+    def pack(t):
+        s = t.untyped_storage()
+        seen[(s.data_ptr(), str(t.device))] = s.nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): out = fn(*args, **kwargs)
+    return out, sum(seen.values())
+
+# %% ../nbs/06_encoders.ipynb #d229c288
+def bench_checkpointing(config: STGCNConfig | str = 'skeletonclr', # the encoder
+                        batch: int = 128,   # N (the second person all zeros, as in single-person clips)
+                        T: int = 50,        # frames
+                        steps: int = 3,     # timed training steps per side (median, interleaved)
+                        warmup: int = 1,
+                        device='cpu',
+                        seed: int = 0,
+                       ) -> dict:           # saved MB and seconds per step, with and without checkpointing
+    "Saved-activation memory and training-step time of the ST-GCN with and without `checkpoint_activations`."
+    torch.manual_seed(seed)
+    cfg = get_stgcn_config(config)
+    nets = {False: STGCN(cfg, checkpoint_activations=False).to(device).train()}
+    nets[True] = STGCN(cfg, checkpoint_activations=True).to(device).train()
+    nets[True].load_state_dict(nets[False].state_dict())
+    V = get_layout(cfg.layout).num_joints
+    x = torch.zeros(batch, cfg.in_channels, T, V, 2, device=device)
+    x[..., 0] = torch.randn(batch, cfg.in_channels, T, V, device=device)
+    saved = {}
+    for k, m in nets.items():
+        out, saved[k] = saved_tensor_bytes(m, x)
+        del out
+    def step(m):
+        m.zero_grad(set_to_none=True); m(x).sum().backward()
+    for _ in range(warmup):
+        for m in nets.values(): step(m)
+    times = {k: [] for k in nets}
+    for _ in range(steps):
+        for k, m in nets.items(): times[k].append(_median_time(lambda: step(m), 1, 0, device))
+    sec = {k: float(np.median(v)) for k, v in times.items()}
+    return dict(batch=batch, T=T, hidden_channels=cfg.hidden_channels, saved_mb_plain=saved[False] / 2**20,
+                saved_mb_checkpointed=saved[True] / 2**20, memory_ratio=saved[False] / saved[True],
+                seconds_plain=sec[False], seconds_checkpointed=sec[True], time_ratio=sec[True] / sec[False])
+
+# %% ../nbs/06_encoders.ipynb #ae4f8ef9
+def release_free_memory() -> bool: # True when glibc's `malloc_trim` ran
+    "Give the free pages of the C heap back to the operating system (glibc `malloc_trim(0)`; elsewhere a no-op)."
+    if not sys.platform.startswith('linux'): return False
+    try: libc = ctypes.CDLL('libc.so.6')
+    except OSError: return False
+    if not hasattr(libc, 'malloc_trim'): return False
+    libc.malloc_trim(ctypes.c_size_t(0))
+    return True
+
+def set_activation_checkpointing(model: nn.Module, # any module: a method, an encoder, a list of encoders
+                                 on: bool = True,
+                                ) -> int:          # how many ST-GCNs were switched
+    "Switch `checkpoint_activations` of every `STGCN` inside `model`."
+    encoders = [m for m in model.modules() if isinstance(m, STGCN)]
+    for m in encoders: m.config = replace(m.config, checkpoint_activations=on)
+    return len(encoders)
 
 # %% ../nbs/06_encoders.ipynb #83ac8977
 def simam_attention(z,                  # feature map `(B, C, T, V)`

@@ -255,14 +255,18 @@ def pretrain_cli(argv=None):
 
 # %% ../nbs/10e_methods.ipynb #64a8da4f
 def bench_method_step(name: str = 'skeletonclr', preset: str = 'paper', batch_size: int = 128,
-                      steps: int = 3, warmup: int = 1, device: str = 'cpu', frames: int | None = None) -> dict:
+                      steps: int = 3, warmup: int = 1, device: str = 'cpu', frames: int | None = None,
+                      low_memory: bool = False, # as `TrainConfig.low_memory`: checkpointing, heap released after forward and step
+                     ) -> dict:
     "Median seconds and samples/s of a full training step of a method on random clips of its preset's shape."
     from skelnb.train import build_optimizer
-    from skelnb.encoders import tune_malloc
-    tune_malloc()
+    from skelnb.encoders import tune_malloc, release_free_memory, set_activation_checkpointing
+    if not low_memory: tune_malloc()              # speed: freed blocks stay mapped (the low-memory mode wants them back)
     dev = resolve_device(device)
     seed_everything(0)
     method = build_method(name, preset).to(dev).train()
+    if low_memory: set_activation_checkpointing(method, True)
+    release = release_free_memory if low_memory else (lambda: None)
     cfg = method.config
     T = frames or getattr(cfg, 'frames', 50) or 50
     V = 25
@@ -275,13 +279,15 @@ def bench_method_step(name: str = 'skeletonclr', preset: str = 'paper', batch_si
     for i in range(warmup + steps):
         t0 = time.perf_counter()
         out = method.training_step(batch, 1000)    # past every switch epoch: all terms active
+        release()
         opt.zero_grad(set_to_none=True); out['loss'].backward(); opt.step()
         method.after_optimizer_step(i, warmup + steps)
+        release()
         if dev.type == 'cuda': torch.cuda.synchronize()
         if i >= warmup: times.append(time.perf_counter() - t0)
     s = statistics.median(times)
     return {'method': name, 'preset': preset, 'batch_size': batch_size, 'frames': T, 'device': str(dev),
-            'seconds_per_step': s, 'samples_per_s': batch_size / s, 'threads': torch.get_num_threads()}
+            'seconds_per_step': s, 'samples_per_s': batch_size / s, 'threads': torch.get_num_threads(), 'low_memory': low_memory}
 
 
 def bench_pretrain_epoch(dataset: str = 'nw_ucla', method: str = 'skeletonclr', preset: str = 'paper',

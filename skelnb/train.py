@@ -18,6 +18,7 @@ from einops import rearrange, reduce
 from fastcore.basics import patch
 from .data import ArrayDataset, derive_seed, make_loader, to_device
 from .memory import MoCoQueue, concat_all_gather, momentum_update
+from .encoders import release_free_memory, set_activation_checkpointing
 try:
     import resource  # peak memory; Unix only
 except ImportError:
@@ -222,6 +223,8 @@ class TrainConfig:
     nan_policy: str = 'raise'        # non-finite loss: 'raise', or 'skip' the optimizer step and count it
     max_nan_skips: int = 10          # 'skip': consecutive skipped steps before giving up
     check_input: bool = True         # raise on NaN/inf in batch['x'], naming the samples
+    low_memory: bool = False         # recompute ST-GCN block activations in backward and give freed heap pages back
+                                     # after every forward and optimizer step: about 1/3 of the peak memory, 1.5x the time
     out_dir: Optional[str] = None    # checkpoints and metrics go here; None writes nothing
     checkpoint_every: int = 5        # epochs between checkpoints (the last epoch is always saved)
     keep_last: int = 2               # newest checkpoints kept (0 keeps all)
@@ -492,6 +495,7 @@ class Trainer:
         self.steps_per_epoch = self._check_dataset()
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.method = method.to(self.device)
+        if cfg.low_memory: set_activation_checkpointing(self.method, True)
         if self.distributed: self.method, self.model = wrap_ddp(self.method, cfg, self.device)
         else:
             if cfg.sync_bn: warnings.warn('sync_bn=True has no effect in a single process')
@@ -571,6 +575,7 @@ def _micro_step(self: Trainer, batch, epoch: int, last: bool) -> tuple:
         loss = out['loss'].reshape(())
         if not loss.requires_grad: raise RuntimeError(f"{type(self.method).__name__}.training_step returned a 'loss' that does not require grad")
         terms = {k: _scalar(v) for k, v in out.items()}
+        if cfg.low_memory: release_free_memory()          # the forward's temporaries are gone; its saved tensors stay
         finite = math.isfinite(terms['loss'])
         if not finite and cfg.nan_policy == 'raise':
             raise FloatingPointError(
@@ -606,6 +611,7 @@ def _optimizer_step(self: Trainer, finite: bool) -> bool:
         nn.utils.clip_grad_norm_(self.method.parameters(), cfg.max_grad_norm)
     self.scaler.step(self.optimizer); self.scaler.update()
     self.optimizer.zero_grad(set_to_none=True)
+    if cfg.low_memory: release_free_memory()
     self._nan_streak = 0
     hook = getattr(self.method, 'after_optimizer_step', None)
     if hook is not None: hook(self.step, self.total_steps)

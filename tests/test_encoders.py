@@ -1,5 +1,5 @@
 """Encoders: shapes, parameter counts, upstream state_dict layout, equality with the reference, gradients,
-checkpoint round trips, EADM, the attention-mask neck, SCD-Net, device parity."""
+activation checkpointing, checkpoint round trips, EADM, the attention-mask neck, SCD-Net, device parity."""
 import math
 import pytest
 import torch
@@ -11,7 +11,8 @@ from skelnb.encoders import (
     keep_mask, drop_add_relu, batch_stats, batch_norm_accurate, count_parameters, upstream_stgcn_keys, load_upstream_checkpoint, stgcn_flops,
     measured_flops, simam_attention, eadm_masks, eadm_drop, EADM, AttentionMaskNeck, MLP1D, skeattnclr_projector,
     skeattnclr_predictor, SCDNetEncoder, SCDNET_PRESETS, mlp_head, linear_head, upstream_init_, max_abs_diff,
-    stgcn_receptive_fields, bench_stgcn, bench_graph_conv, tune_malloc, matmul_peak_gflops)
+    stgcn_receptive_fields, bench_stgcn, bench_graph_conv, tune_malloc, matmul_peak_gflops, DropAddReLU,
+    checkpointed, frozen_running_stats, saved_tensor_bytes, bench_checkpointing)
 
 torch.manual_seed(0)
 
@@ -181,6 +182,152 @@ def test_dropout_semantics():
     with torch.no_grad(): assert not torch.equal(model(x), model(x))
     model.eval()
     with torch.no_grad(): assert torch.equal(model(x), model(x))
+
+
+def test_drop_add_relu_keeps_a_bool_mask_for_backward():
+    h = torch.randn(4, 8, 5, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+    r = torch.randn(4, 8, 5, 6, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = drop_add_relu(h * 1, r, 0.5, generator=torch.Generator().manual_seed(1))
+    dtypes = [t.dtype for t in saved if t.shape == h.shape]
+    assert sorted(map(str, dtypes)) == ['torch.bool', 'torch.float32']   # the mask (1 byte per element) and the output
+    m = keep_mask([4, 5, 6, 8], generator=torch.Generator().manual_seed(1)).permute(0, 3, 1, 2)
+    g = torch.randn_like(out)
+    gh, gr = torch.autograd.grad(out, (h, r), g)
+    pos = (h.detach() * m * 2 + r.detach()) > 0
+    assert torch.equal(gh, g * pos * m * 2.0) and torch.equal(gr, g * pos)
+
+
+# ---------------------------------------------------------------- activation checkpointing
+def _train_run(model, x, seed, steps=2):
+    "Two SGD steps in training mode (dropout on) from `seed`: outputs, losses, gradients, buffers, weights, RNG state."
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    torch.manual_seed(seed)
+    rec = {}
+    for i in range(steps):
+        opt.zero_grad()
+        out = model(x); loss = out.pow(2).sum() + out.sum(); loss.backward()
+        rec.update({f'out{i}': out.detach().clone(), f'loss{i}': loss.detach().clone()})
+        rec.update({f'grad{i}.{n}': p.grad.clone() for n, p in model.named_parameters()})
+        opt.step()
+    rec.update({f'buf.{n}': b.clone() for n, b in model.named_buffers()})
+    rec.update({f'param.{n}': p.detach().clone() for n, p in model.named_parameters()})
+    rec['rng'] = torch.get_rng_state()
+    return rec
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+@pytest.mark.parametrize('paths', [dict(), dict(accurate_bn_stats=False, fast_dropout=False)])
+def test_checkpointing_changes_nothing_but_memory(dtype, paths):
+    kw = dict(hidden_channels=8, hidden_dim=32, num_class=16, **paths)
+    plain = STGCN('skeletonclr', **kw).to(dtype).train()
+    ckpt = STGCN('skeletonclr', checkpoint_activations=True, **kw).to(dtype).train()
+    ckpt.load_state_dict(plain.state_dict())
+    init = {k: v.clone() for k, v in plain.state_dict().items()}
+    x = torch.randn(3, 3, 20, 25, 2, dtype=dtype)
+    a, b = _train_run(plain, x, seed=11), _train_run(ckpt, x, seed=11)
+    assert a.keys() == b.keys()
+    assert len([k for k in a if k.startswith('grad0.')]) == len(list(plain.parameters()))
+    for k in a:
+        if dtype == torch.float64 or k == 'rng' or k.startswith('buf.') and k.endswith('num_batches_tracked'):
+            assert torch.equal(a[k], b[k]), k
+        else:
+            assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-5), k
+    assert a['buf.st_gcn_networks.9.tcn.0.num_batches_tracked'].item() == 2     # one update per step, not two
+    other = STGCN('skeletonclr', **kw).to(dtype).train(); other.load_state_dict(init)
+    assert not torch.equal(a['out0'], _train_run(other, x, seed=12, steps=1)['out0'])   # the seed matters: dropout is active
+
+
+def test_naive_checkpoint_would_update_running_stats_twice():
+    "The pitfall `checkpointed` avoids: a plain non-reentrant checkpoint of a block moves its running statistics again."
+    block = STGCN('tiny').train().st_gcn_networks[1]
+    x, A = torch.randn(4, 12, 25, 4, requires_grad=True), torch.tensor(Graph('ntu25').A, dtype=torch.float32)
+    stats = []
+    for run in (lambda: block(x, A), lambda: torch.utils.checkpoint.checkpoint(block, x, A, use_reentrant=False),
+                lambda: checkpointed(block, x, A)):
+        for m in block.modules():
+            if isinstance(m, torch.nn.BatchNorm2d): m.reset_running_stats()
+        torch.manual_seed(0); run().sum().backward()
+        stats.append((block.tcn[0].running_mean.clone(), block.tcn[0].num_batches_tracked.item()))
+    assert stats[1][1] == 2 and not torch.equal(stats[1][0], stats[0][0])
+    assert stats[2][1] == 1 and torch.equal(stats[2][0], stats[0][0])
+
+
+def test_frozen_running_stats_restores_every_batch_norm():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.BatchNorm1d(4, momentum=None),
+                              torch.nn.BatchNorm1d(4, track_running_stats=False))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with frozen_running_stats(net):
+        net(torch.randn(8, 4) + 3)
+        assert not torch.equal(net[1].running_mean, before['1.running_mean'])
+    for k, v in net.state_dict().items(): assert torch.equal(v, before[k]), k
+    with pytest.raises(RuntimeError):       # restored on an exception too
+        with frozen_running_stats(net): net(torch.randn(8, 4)); raise RuntimeError('boom')
+    assert torch.equal(net[2].num_batches_tracked, before['2.num_batches_tracked'])
+
+
+def test_explicit_generators_are_replayed():
+    class Drop(torch.nn.Module):
+        def __init__(self): super().__init__(); self.lin = torch.nn.Linear(6, 6); self.g = torch.Generator().manual_seed(1)
+        def forward(self, x): return drop_add_relu(self.lin(x), None, 0.5, True, self.g)
+    m = Drop(); x = torch.randn(32, 6, requires_grad=True)
+    def run(f):
+        m.g.manual_seed(1); x.grad = None
+        f().pow(2).sum().backward()
+        return x.grad.clone(), m.g.get_state()
+    plain = run(lambda: m(x))
+    replayed = run(lambda: checkpointed(m, x, generators=(m.g,)))
+    not_replayed = run(lambda: checkpointed(m, x))
+    assert torch.equal(plain[0], replayed[0]) and torch.equal(plain[1], replayed[1])
+    assert not torch.equal(plain[0], not_replayed[0])      # the recomputation drew a fresh mask
+
+
+def test_checkpointing_keeps_only_block_inputs():
+    kw = dict(hidden_channels=8, hidden_dim=32, num_class=16)
+    plain = STGCN('skeletonclr', **kw).train()
+    ckpt = STGCN('skeletonclr', checkpoint_activations=True, **kw).train(); ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(4, 3, 20, 25, 2)
+    inputs = []
+    hooks = [b.register_forward_pre_hook(lambda m, a: inputs.append(a[0].nbytes)) for b in ckpt.st_gcn_networks]
+    _, plain_bytes = saved_tensor_bytes(plain, x)
+    _, ckpt_bytes = saved_tensor_bytes(ckpt, x)
+    for h in hooks: h.remove()
+    assert len(inputs) == 10
+    assert sum(inputs) <= ckpt_bytes <= sum(inputs) + x.nbytes + sum(p.nbytes for p in ckpt.parameters())
+    assert plain_bytes > 5 * ckpt_bytes
+
+
+def test_checkpointing_only_in_training_with_gradients(monkeypatch):
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, 'checkpoint', lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = STGCN('tiny', checkpoint_activations=True).train(); x = torch.randn(2, 3, 12, 25, 2)
+    model(x).sum().backward(); assert len(calls) == 10
+    with torch.no_grad(): model(x)                     # the MoCo key encoder
+    model.eval(); model(x).sum().backward()            # evaluation (e.g. gradients with respect to the input)
+    assert len(calls) == 10
+    ref = STGCN('tiny').eval(); ref.load_state_dict(model.state_dict())
+    with torch.no_grad(): assert torch.equal(model(x), ref(x))
+    assert STGCNConfig().checkpoint_activations is False
+
+
+def test_bench_checkpointing_runs_small():
+    res = bench_checkpointing('tiny', batch=2, T=12, steps=1, warmup=0)
+    assert res['saved_mb_plain'] > 4 * res['saved_mb_checkpointed'] > 0
+    assert res['seconds_plain'] > 0 and res['seconds_checkpointed'] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device')
+def test_cuda_checkpointing_is_exact():
+    plain = STGCN('tiny').double().cuda().train()
+    ckpt = STGCN('tiny', checkpoint_activations=True).double().cuda().train(); ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 12, 25, 2, dtype=torch.float64, device='cuda')
+    outs = []
+    for m in (plain, ckpt):
+        torch.cuda.manual_seed(3); out = m(x); out.pow(2).sum().backward()
+        outs.append([out.detach()] + [p.grad for p in m.parameters()] + list(m.buffers()))
+    for a, b in zip(*outs): assert torch.equal(a, b)
 
 
 # ---------------------------------------------------------------- checkpoints
