@@ -4,7 +4,7 @@
 
 # %% ../nbs/90_bench.ipynb #3ff3afd2
 from __future__ import annotations
-import argparse, importlib, json, os, platform, statistics, subprocess, sys, time
+import argparse, functools, importlib, json, os, platform, statistics, subprocess, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -111,12 +111,14 @@ def _run_simple(module, fn, quick_kw, full_kw):
     return run
 
 # %% ../nbs/90_bench.ipynb #1f1f43bb
+@functools.lru_cache(maxsize=None)
+def _method_step(name, preset, batch_size, low_memory, quick, device):
+    kw = dict(batch_size=8, steps=1, warmup=1, preset='lesson') if quick else dict(batch_size=batch_size, steps=3, warmup=1, preset=preset)
+    return run_isolated('skelnb.methods', 'bench_method_step', name=name, device=device, low_memory=low_memory, **kw)
+
 def _run_method(name, preset='paper', batch_size=128, low_memory=False):
-    def run(quick, device):
-        from skelnb.methods import bench_method_step
-        kw = dict(batch_size=8, steps=1, warmup=1, preset='lesson') if quick else dict(batch_size=batch_size, steps=3, warmup=1, preset=preset)
-        return run_isolated('skelnb.methods', 'bench_method_step', name=name, device=device, low_memory=low_memory, **kw)
-    return run
+    "One fresh process per setting: the speed and the peak-memory rows of a setting read the same run."
+    return lambda quick, device: _method_step(name, preset, batch_size, low_memory, quick, device)
 
 
 class BenchSkipped(Exception):

@@ -630,14 +630,19 @@ def measured_flops(fn, *args, **kwargs) -> int:
 # %% ../nbs/06_encoders.ipynb #46bc73fa
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
+def _glibc(function: str):
+    "The C library when it is glibc and has `function`, else None (other platforms: the allocator is left alone)."
+    if not sys.platform.startswith('linux'): return None
+    try: libc = ctypes.CDLL('libc.so.6')
+    except OSError: return None
+    return libc if hasattr(libc, function) else None
+
 def tune_malloc(mmap_threshold: int = 1 << 30,       # allocations above this get their own mapping
                 trim_threshold: int = (1 << 31) - 1,  # free memory kept before returning it to the OS
                ) -> bool:                            # True when glibc accepted both settings
     "Keep large freed blocks mapped (glibc `mallopt`), so big tensors are not page-faulted back every step."
-    if not sys.platform.startswith('linux'): return False
-    try: libc = ctypes.CDLL('libc.so.6')
-    except OSError: return False
-    if not hasattr(libc, 'mallopt'): return False
+    libc = _glibc('mallopt')
+    if libc is None: return False
     ok = libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(min(mmap_threshold, 2**31 - 1)))
     ok &= libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(min(trim_threshold, 2**31 - 1)))
     return bool(ok)
@@ -825,10 +830,8 @@ def bench_checkpointing(config: STGCNConfig | str = 'skeletonclr', # the encoder
 # %% ../nbs/06_encoders.ipynb #ae4f8ef9
 def release_free_memory() -> bool: # True when glibc's `malloc_trim` ran
     "Give the free pages of the C heap back to the operating system (glibc `malloc_trim(0)`; elsewhere a no-op)."
-    if not sys.platform.startswith('linux'): return False
-    try: libc = ctypes.CDLL('libc.so.6')
-    except OSError: return False
-    if not hasattr(libc, 'malloc_trim'): return False
+    libc = _glibc('malloc_trim')
+    if libc is None: return False
     libc.malloc_trim(ctypes.c_size_t(0))
     return True
 
