@@ -17,17 +17,40 @@ from einops import rearrange
 from .skeleton import Graph, get_layout, to_stream, STREAMS
 
 # %% auto #0
-__all__ = ['GRAPH_ORDERS', 'STGCN_PRESETS', 'STGCN_OUTPUTS', 'SCDNET_PRESETS', 'graph_conv_reference', 'graph_conv',
-           'max_abs_diff', 'bench_graph_conv', 'keep_mask', 'DropAddReLU', 'drop_add_relu', 'batch_stats',
-           'batch_norm_accurate', 'stgcn_block_specs', 'GraphConvUnit', 'STGCNBlock', 'STGCNConfig', 'preset_config',
-           'get_stgcn_config', 'mlp_head', 'linear_head', 'make_head', 'STGCN', 'count_parameters',
-           'stgcn_reference_forward', 'load_upstream_checkpoint', 'upstream_stgcn_keys', 'upstream_init_',
-           'stgcn_receptive_fields', 'stgcn_flops', 'measured_flops', 'tune_malloc', 'matmul_peak_gflops',
-           'bench_stgcn', 'frozen_running_stats', 'checkpointed', 'saved_tensor_bytes', 'bench_checkpointing',
-           'release_free_memory', 'set_activation_checkpointing', 'simam_attention', 'eadm_masks', 'eadm_drop', 'EADM',
-           'MLP1D', 'skeattnclr_projector', 'skeattnclr_predictor', 'AttentionMaskNeck', 'SCDNetConfig',
-           'get_scdnet_config', 'CTRGC', 'CTRGraphConv', 'MultiScaleTemporalConv', 'CTRGCNBlock', 'CTRGCNStem',
-           'SCDNetEncoder']
+__all__ = ['SAFE_MIN_CHANNELS', 'GRAPH_ORDERS', 'STGCN_PRESETS', 'STGCN_OUTPUTS', 'SCDNET_PRESETS', 'safe_conv_input', 'conv2d',
+           'Conv2d', 'graph_conv_reference', 'graph_conv', 'max_abs_diff', 'bench_graph_conv', 'keep_mask',
+           'DropAddReLU', 'drop_add_relu', 'batch_stats', 'batch_norm_accurate', 'stgcn_block_specs', 'GraphConvUnit',
+           'STGCNBlock', 'STGCNConfig', 'preset_config', 'get_stgcn_config', 'mlp_head', 'linear_head', 'make_head',
+           'STGCN', 'count_parameters', 'stgcn_reference_forward', 'load_upstream_checkpoint', 'upstream_stgcn_keys',
+           'upstream_init_', 'stgcn_receptive_fields', 'stgcn_flops', 'measured_flops', 'tune_malloc',
+           'matmul_peak_gflops', 'bench_stgcn', 'frozen_running_stats', 'checkpointed', 'saved_tensor_bytes',
+           'bench_checkpointing', 'release_free_memory', 'set_activation_checkpointing', 'simam_attention',
+           'eadm_masks', 'eadm_drop', 'EADM', 'MLP1D', 'skeattnclr_projector', 'skeattnclr_predictor',
+           'AttentionMaskNeck', 'SCDNetConfig', 'get_scdnet_config', 'CTRGC', 'CTRGraphConv', 'MultiScaleTemporalConv',
+           'CTRGCNBlock', 'CTRGCNStem', 'SCDNetEncoder']
+
+# %% ../nbs/06_encoders.ipynb #75375a75
+SAFE_MIN_CHANNELS = 16   # narrower convolutions read NCHW-contiguous input on the CPU
+
+def safe_conv_input(x,            # convolution input `(N, C, H, W)`, any memory layout
+                    weight,       # the convolution weight `(C_out, C_in/groups, kH, kW)`
+                    stride=1,     # the convolution stride (int or pair)
+                   ):             # `x` itself, or an NCHW-contiguous copy of it
+    "The input layout a CPU convolution may be given: NCHW-contiguous when strided or narrow, else unchanged."
+    if x.device.type != 'cpu' or x.is_contiguous(): return x
+    strides = (stride,) if isinstance(stride, int) else tuple(stride)
+    narrow = min(weight.shape[0], weight.shape[1]) < SAFE_MIN_CHANNELS
+    return x.contiguous() if narrow or any(s != 1 for s in strides) else x
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    "`F.conv2d` with the input layout of `safe_conv_input`."
+    return F.conv2d(safe_conv_input(x, weight, stride), weight, bias, stride, padding, dilation, groups)
+
+class Conv2d(nn.Conv2d):
+    "`nn.Conv2d` (same parameters, initialisation and state-dict keys) that runs through `conv2d`."
+    def _conv_forward(self, input, weight, bias):
+        if self.padding_mode != 'zeros': return super()._conv_forward(input, weight, bias)
+        return conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 # %% ../nbs/06_encoders.ipynb #4035253b
 def graph_conv_reference(x,             # features `(N, C_in, T, V)`
@@ -38,7 +61,7 @@ def graph_conv_reference(x,             # features `(N, C_in, T, V)`
                         ):              # `(N, C_out, T, V)`
     "The upstream ST-GCN graph convolution: 1x1 convolution, then $\\sum_k z_k \\bar A^{(k)}$ over the joints."
     K = A.shape[0]
-    z = F.conv2d(x, weight, bias)
+    z = conv2d(x, weight, bias)
     n, kc, t, v = z.shape
     z = z.view(n, K, kc // K, t, v)
     if contraction == 'einsum': return torch.einsum('nkctv,kvw->nctw', z, A).contiguous()
@@ -70,7 +93,7 @@ def graph_conv(x,                   # features in channels-last memory `(B, T, V
     if order == 'auto': order = 'graph_first' if Ci < Co else 'conv_first'
     W = weight.reshape(K * Co, Ci, 1, 1)
     if order == 'conv_first':
-        z = F.conv2d(x.permute(0, 3, 1, 2), W, bias)                                # (B, K*C_out, T, V), channels-last
+        z = conv2d(x.permute(0, 3, 1, 2), W, bias)                                # (B, K*C_out, T, V), channels-last
         z = z.permute(0, 2, 3, 1).reshape(B * T, V * K, Co)                         # a view: rows (v, k)
         At = A.permute(2, 1, 0).reshape(V, V * K)                                   # At[w, (v, k)]
         out = torch.bmm(At.expand(B * T, V, V * K), z)                              # the bias is mixed with the rest
@@ -84,7 +107,7 @@ def graph_conv(x,                   # features in channels-last memory `(B, T, V
         Awk = A.permute(2, 0, 1).reshape(V * K, V)                                  # Awk[(w, k), v]
         y = torch.bmm(Awk.expand(B * T, V * K, V), x.reshape(B * T, V, Ci))        # (B*T, W*K, C_in) = (B, T, W, K*C_in)
     Wp = W.view(K, Co, Ci).permute(1, 0, 2).reshape(Co, K * Ci, 1, 1)               # Wp[c, (k, ci)]
-    out = F.conv2d(y.view(B, T, V, K * Ci).permute(0, 3, 1, 2), Wp).permute(0, 2, 3, 1)   # (B, T, W, C_out)
+    out = conv2d(y.view(B, T, V, K * Ci).permute(0, 3, 1, 2), Wp).permute(0, 2, 3, 1)   # (B, T, W, C_out)
     extra = _graph_bias_map(bias, A, Co) if bias is not None else None
     if shift is not None: extra = shift if extra is None else extra + shift
     return (out + extra if extra is not None else out).contiguous()
@@ -254,7 +277,7 @@ class GraphConvUnit(nn.Module):
     def __init__(self, in_channels, out_channels, num_partitions):
         super().__init__()
         self.num_partitions = num_partitions
-        self.conv = nn.Conv2d(in_channels, out_channels * num_partitions, kernel_size=1)
+        self.conv = Conv2d(in_channels, out_channels * num_partitions, kernel_size=1)
 
 class STGCNBlock(nn.Module):
     "One ST-GCN block on channels-last features `(B, T, V, C)`: graph conv, temporal conv, residual, dropout."
@@ -268,12 +291,12 @@ class STGCNBlock(nn.Module):
         self.gcn = GraphConvUnit(in_channels, out_channels, num_partitions)
         pad = (temporal_kernel - 1) // 2
         self.tcn = nn.Sequential(nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
-                                 nn.Conv2d(out_channels, out_channels, (temporal_kernel, 1), (stride, 1), (pad, 0)),
+                                 Conv2d(out_channels, out_channels, (temporal_kernel, 1), (stride, 1), (pad, 0)),
                                  nn.BatchNorm2d(out_channels), nn.Dropout(dropout, inplace=True))
         if not residual: self.residual, self.residual_kind = None, 'none'
         elif in_channels == out_channels and stride == 1: self.residual, self.residual_kind = None, 'identity'
         else:
-            self.residual = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, (stride, 1)), nn.BatchNorm2d(out_channels))
+            self.residual = nn.Sequential(Conv2d(in_channels, out_channels, 1, (stride, 1)), nn.BatchNorm2d(out_channels))
             self.residual_kind = 'conv'
 
     @property
@@ -308,13 +331,13 @@ class STGCNBlock(nn.Module):
         h = F.relu_(graph_conv(x, w, b, A, self.graph_order, shift=t1)).permute(0, 3, 1, 2)
         s2, t2 = _bn_affine(bn2)
         bias = t2 if conv.bias is None else conv.bias * s2 + t2
-        h = F.conv2d(h, conv.weight * s2[:, None, None, None], bias, conv.stride, conv.padding)
+        h = conv2d(h, conv.weight * s2[:, None, None, None], bias, conv.stride, conv.padding)
         xv = x.permute(0, 3, 1, 2)
         if self.residual_kind == 'conv':
             rc, rbn = self.residual
             s3, t3 = _bn_affine(rbn)
             rb = t3 if rc.bias is None else rc.bias * s3 + t3
-            h = h.add_(F.conv2d(xv, rc.weight * s3[:, None, None, None], rb, rc.stride))
+            h = h.add_(conv2d(xv, rc.weight * s3[:, None, None, None], rb, rc.stride))
         elif self.residual_kind == 'identity': h = h.add_(xv)
         return F.relu_(h).permute(0, 2, 3, 1).contiguous()
 
@@ -966,8 +989,8 @@ class CTRGC(nn.Module):
     def __init__(self, in_channels, out_channels, rel_reduction=8):
         super().__init__()
         rel = 8 if in_channels <= 16 else in_channels // rel_reduction
-        self.conv1, self.conv2 = nn.Conv2d(in_channels, rel, 1), nn.Conv2d(in_channels, rel, 1)
-        self.conv3, self.conv4 = nn.Conv2d(in_channels, out_channels, 1), nn.Conv2d(rel, out_channels, 1)
+        self.conv1, self.conv2 = Conv2d(in_channels, rel, 1), Conv2d(in_channels, rel, 1)
+        self.conv3, self.conv4 = Conv2d(in_channels, out_channels, 1), Conv2d(rel, out_channels, 1)
 
     def forward(self, x, A, alpha):   # x (N, C, T, V); A (V, V) with A[u, w] weighing u's message to w
         x1, x2 = self.conv1(x).mean(-2), self.conv2(x).mean(-2)                     # (N, R, V)
@@ -983,7 +1006,7 @@ class CTRGraphConv(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(1))
         self.convs = nn.ModuleList([CTRGC(in_channels, out_channels) for _ in range(self.PA.shape[0])])
         self.bn = nn.BatchNorm2d(out_channels)
-        self.down = (nn.Sequential(nn.Conv2d(in_channels, out_channels, 1), nn.BatchNorm2d(out_channels))
+        self.down = (nn.Sequential(Conv2d(in_channels, out_channels, 1), nn.BatchNorm2d(out_channels))
                      if in_channels != out_channels else nn.Identity())
 
     def forward(self, x):
@@ -997,11 +1020,11 @@ class MultiScaleTemporalConv(nn.Module):
         nb = len(dilations) + 2
         if out_channels % nb: raise ValueError(f'out_channels {out_channels} must be divisible by the {nb} branches')
         bc = out_channels // nb
-        def stem(): return [nn.Conv2d(in_channels, bc, 1), nn.BatchNorm2d(bc), nn.ReLU(inplace=True)]
-        branches = [nn.Sequential(*stem(), nn.Conv2d(bc, bc, (kernel_size, 1), (stride, 1), ((kernel_size - 1) * d // 2, 0), (d, 1)),
+        def stem(): return [Conv2d(in_channels, bc, 1), nn.BatchNorm2d(bc), nn.ReLU(inplace=True)]
+        branches = [nn.Sequential(*stem(), Conv2d(bc, bc, (kernel_size, 1), (stride, 1), ((kernel_size - 1) * d // 2, 0), (d, 1)),
                                   nn.BatchNorm2d(bc)) for d in dilations]
         branches.append(nn.Sequential(*stem(), nn.MaxPool2d((3, 1), (stride, 1), (1, 0)), nn.BatchNorm2d(bc)))
-        branches.append(nn.Sequential(nn.Conv2d(in_channels, bc, 1, (stride, 1)), nn.BatchNorm2d(bc)))
+        branches.append(nn.Sequential(Conv2d(in_channels, bc, 1, (stride, 1)), nn.BatchNorm2d(bc)))
         self.branches = nn.ModuleList(branches)
 
     def forward(self, x): return torch.cat([b(x) for b in self.branches], 1)
@@ -1014,7 +1037,7 @@ class CTRGCNBlock(nn.Module):
         self.tcn = MultiScaleTemporalConv(out_channels, out_channels, kernel_size, dilations)
         if not residual: self.residual = None
         elif in_channels == out_channels: self.residual = nn.Identity()
-        else: self.residual = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1), nn.BatchNorm2d(out_channels))
+        else: self.residual = nn.Sequential(Conv2d(in_channels, out_channels, 1), nn.BatchNorm2d(out_channels))
 
     def forward(self, x):
         y = self.tcn(self.gcn(x))
