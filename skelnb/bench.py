@@ -11,8 +11,9 @@ from typing import Callable, Optional
 import torch
 
 # %% auto #0
-__all__ = ['BenchCase', 'min_ratio', 'max_value', 'run_isolated', 'BenchSkipped', 'bench_cases', 'machine_info', 'run_benchmarks',
-           'format_row', 'results_markdown', 'profile_method_step', 'merge_results', 'bench_cli']
+__all__ = ['BenchCase', 'min_ratio', 'max_value', 'run_isolated', 'BenchSkipped', 'bench_cases', 'onednn_version', 'onednn_isa',
+           'machine_info', 'machine_header', 'run_benchmarks', 'format_row', 'results_markdown', 'profile_method_step',
+           'merge_results', 'bench_cli']
 
 # %% ../nbs/90_bench.ipynb #f4326416
 @dataclass
@@ -213,18 +214,49 @@ def bench_cases() -> list:
     ]
 
 # %% ../nbs/90_bench.ipynb #0df34ad4
-def machine_info() -> dict:
-    "What the figures were measured on."
-    cpu = platform.processor() or platform.machine()
+_ONEDNN_PROBE = ("import torch; x = torch.randn(2, 16, 9, 5).contiguous(memory_format=torch.channels_last); "
+                 "torch.nn.functional.conv2d(x, torch.randn(16, 16, 3, 1), padding=(1, 0))")
+
+def onednn_version() -> str | None:
+    "The oneDNN version torch was built with (from `torch.__config__.show()`)."
+    for line in torch.__config__.show().splitlines():
+        if 'MKL-DNN v' in line or 'oneDNN v' in line: return line.split(' v', 1)[1].split()[0]
+    return None
+
+@functools.lru_cache(maxsize=None)
+def onednn_isa() -> str | None:
+    "The instruction set oneDNN dispatches to on this CPU, from its verbose log in a fresh process (None if unknown)."
+    try:
+        proc = subprocess.run([sys.executable, '-c', _ONEDNN_PROBE], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, 'ONEDNN_VERBOSE': '1', 'OMP_NUM_THREADS': '1'})
+    except (OSError, subprocess.TimeoutExpired): return None
+    for line in proc.stdout.splitlines():
+        if ',info,cpu,isa:' in line: return line.split(',info,cpu,isa:', 1)[1].strip()
+    return None
+
+def _cpu_model() -> str:
     try:
         for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'): cpu = line.split(':', 1)[1].strip(); break
+            if line.startswith('model name'): return line.split(':', 1)[1].strip()
     except OSError: pass
-    return {'cpu': cpu, 'cores': os.cpu_count(), 'torch_threads': torch.get_num_threads(), 'torch': torch.__version__,
-            'python': platform.python_version(), 'cuda': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            'date': time.strftime('%Y-%m-%d')}
+    return platform.processor() or platform.machine()
 
+def machine_info() -> dict:
+    "What the figures were measured on: CPU, cores, the ISA torch and oneDNN use, versions, GPU, date."
+    return {'cpu': _cpu_model(), 'cores': os.cpu_count(), 'torch_threads': torch.get_num_threads(),
+            'aten_isa': torch.backends.cpu.get_cpu_capability(), 'onednn_isa': onednn_isa(),
+            'onednn': onednn_version(),
+            'torch': torch.__version__, 'python': platform.python_version(),
+            'cuda': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, 'date': time.strftime('%Y-%m-%d')}
 
+def machine_header(info: dict) -> str:
+    "The lines printed above every benchmark table."
+    return (f"CPU {info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch threads); "
+            f"ISA: ATen {info['aten_isa']}, oneDNN {info['onednn_isa'] or 'unknown'}\n"
+            f"torch {info['torch']}, oneDNN {info['onednn'] or 'unknown'}, Python {info['python']}, "
+            f"GPU {info['cuda'] or 'none'}, {info['date']}")
+
+# %% ../nbs/90_bench.ipynb #cc892228
 def run_benchmarks(only: list | None = None,  # case names or groups to run (None: all)
                    quick: bool = False,        # small sizes (a smoke test of the table)
                    device: str = 'cpu',        # 'cpu' or 'cuda'
@@ -271,8 +303,8 @@ def format_row(row: dict) -> str:
 def results_markdown(result: dict) -> str:
     "The table as markdown (for the README), with the machine it came from."
     m = result['machine']
-    lines = [f"Measured on {m['cpu']} ({m['cores']} cores, torch {m['torch']}, {m['torch_threads']} threads), {m['date']}"
-             + (' -- quick sizes' if result['quick'] else '') + ':', '',
+    head = machine_header(m) if 'aten_isa' in m else f"{m['cpu']} ({m['cores']} cores, torch {m['torch']}), {m['date']}"
+    lines = [f"Measured on {head}".replace('\n', '; ') + (' -- quick sizes' if result['quick'] else '') + ':', '',
              '| benchmark | skelnb | reference | ratio | goal |', '|---|---|---|---|---|']
     for r in result['rows']:
         if r.get('skipped') or r.get('error'):
@@ -345,6 +377,7 @@ def bench_cli(argv=None):
     known = {c.name for c in bench_cases()} | {c.group for c in bench_cases()}
     unknown = [o for o in a.only or [] if o not in known]
     if unknown: p.error(f'unknown case(s) {unknown}; see --list')
+    print(machine_header(machine_info()) + '\n')
     print(f"{'case':<20} {'skelnb':>10} {'unit':<10}     {'reference':>10}  {'ratio':>7}  goal")
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     stem = f"bench-{a.device.replace(':', '')}{'-quick' if a.quick else ''}"
