@@ -11,13 +11,14 @@ import numpy as np
 from .skeleton import get_layout, convert_layout
 
 # %% auto #0
-__all__ = ['DATASET_SOURCES', 'NAME_PATTERNS', 'NTU_BODY_FIELDS', 'NTU_JOINT_FIELDS', 'SELECTIONS', 'PKU_VIEWS',
-           'SkeletonFormatError', 'shared_data_dir', 'parse_sample_name', 'parse_decimal_tokens', 'NTUSkeletonFile',
-           'parse_ntu_skeleton', 'bodies_to_clip', 'read_ntu_skeleton', 'read_ntu_skeleton_lines', 'write_ntu_skeleton',
-           'bench_ntu_reader', 'read_utd_mat', 'read_nw_ucla_json', 'read_number_table', 'read_msr_text',
-           'iter_msr_tar', 'read_msr_file_list', 'parse_pku_sequence_name', 'pku_clip_name', 'read_pku_sequence',
-           'read_pku_labels', 'cut_pku_sequence', 'write_pku_clips', 'read_pku_split', 'RestrictedUnpickler',
-           'safe_load_pickle', 'write_pyskl', 'read_pyskl', 'pyskl_to_clip', 'read_label_pickle']
+__all__ = ['F32_MAX', 'DATASET_SOURCES', 'NAME_PATTERNS', 'NTU_BODY_FIELDS', 'NTU_JOINT_FIELDS', 'SELECTIONS', 'PKU_VIEWS',
+           'SkeletonFormatError', 'representable', 'shared_data_dir', 'parse_sample_name', 'parse_decimal_tokens',
+           'NTUSkeletonFile', 'parse_ntu_skeleton', 'bodies_to_clip', 'read_ntu_skeleton', 'read_ntu_skeleton_lines',
+           'write_ntu_skeleton', 'bench_ntu_reader', 'read_utd_mat', 'read_nw_ucla_json', 'read_number_table',
+           'read_msr_text', 'iter_msr_tar', 'read_msr_file_list', 'parse_pku_sequence_name', 'pku_clip_name',
+           'read_pku_sequence', 'read_pku_labels', 'cut_pku_sequence', 'write_pku_clips', 'read_pku_split',
+           'UnsafePickleError', 'RestrictedUnpickler', 'safe_load_pickle', 'write_pyskl', 'read_pyskl', 'pyskl_to_clip',
+           'read_label_pickle']
 
 # %% ../nbs/01_formats.ipynb #1a25dea5
 class SkeletonFormatError(ValueError):
@@ -32,6 +33,13 @@ class SkeletonFormatError(ValueError):
         super().__init__(f'{where}: {reason}')
 
     def __reduce__(self): return (type(self), (self.path, self.line, self.reason))  # survives multiprocessing
+
+F32_MAX = float(np.finfo(np.float32).max)
+
+def representable(x) -> np.ndarray:
+    "Elementwise: finite, and within float32's range (the readers' output type), so no reader returns inf or NaN."
+    x = np.asarray(x)
+    return np.isfinite(x) & (np.abs(x) <= F32_MAX) if x.dtype.kind == 'f' else np.ones(x.shape, bool)
 
 # %% ../nbs/01_formats.ipynb #ca0a54b0
 DATASET_SOURCES = {
@@ -238,8 +246,10 @@ def _walk_headers(data, starts, ends, first, ntok, path, num_joints):
     def one_int(li, what):
         if li >= nlines: raise _Stop(nlines, f'the file ends where {what} was expected (truncated file?)')
         if nt[li] != 1: raise _Stop(li + 1, f'expected {what} (one integer), found {nt[li]} values')
-        try: return int(data[ls[li]:le[li]])
+        try: v = int(data[ls[li]:le[li]])
         except ValueError: raise _Stop(li + 1, f'expected {what}, found {data[ls[li]:le[li]].decode(errors="replace")!r}') from None
+        if v > nlines: raise _Stop(li + 1, f'{what} is {v}, more than the {nlines} lines of the file could hold (truncated file?)')
+        return v
 
     try:
         T = one_int(0, 'the frame count')
@@ -287,7 +297,7 @@ def _walk_headers_fast(data, buf, starts, ends, first, ntok, num_joints):
     try:
         T = int(data[starts[0]:ends[0]])
         counts = np.array([int(data[a:b]) for a, b in zip(starts[head].tolist(), ends[head].tolist())], np.int64)
-    except ValueError: return None
+    except (ValueError, OverflowError): return None       # e.g. a count of 19+ digits: the careful walk names it
     if T <= 0 or len(counts) != T or counts.min() < 0 or count_line[0] != 1: return None
     # each frame starts right after the previous one's bodies, and the last one ends the file
     if (np.diff(count_line) != 1 + per_body * counts[:-1]).any() or count_line[-1] + 1 + per_body * counts[-1] != nlines:
@@ -300,7 +310,8 @@ def _walk_headers_fast(data, buf, starts, ends, first, ntok, num_joints):
     for i, c in enumerate(want): jc_ok &= buf[starts[jc] + i] == c
     if not jc_ok.all(): return None
     fi = first[info_line]
-    ids = [int(data[a:b]) for a, b in zip(starts[fi].tolist(), ends[fi].tolist())]
+    try: ids = [int(data[a:b]) for a, b in zip(starts[fi].tolist(), ends[fi].tolist())]
+    except ValueError: return None                            # a body id that is not an integer: named by the careful walk
     if ids and not (0 <= min(ids) and max(ids) < 2 ** 64): return None
     return counts.tolist(), ids, info_line.tolist(), (info_line + 2).tolist(), num_joints, None
 
@@ -337,10 +348,10 @@ def parse_ntu_skeleton(path,                # a `.skeleton` file (or any name, w
         text = data[int(starts[tok[k]]):int(ends[tok[k]])]
         try: vals[k] = float(text)
         except ValueError: raise SkeletonFormatError(path, line_of(k), f'{text.decode(errors="replace")!r} is not a number') from None
-    finite = np.isfinite(vals)
+    finite = representable(vals)
     if not finite.all():
         k = int(np.argmin(finite))
-        raise SkeletonFormatError(path, line_of(k), f'non-finite value {data[int(starts[tok[k]]):int(ends[tok[k]])].decode()!r}')
+        raise SkeletonFormatError(path, line_of(k), f'non-finite value {data[int(starts[tok[k]]):int(ends[tok[k]])].decode(errors="replace")!r} (NaN, inf, or beyond float32)')
     return NTUSkeletonFile(num_frames=len(counts), body_counts=np.asarray(counts, np.int64),
                            body_ids=np.asarray(ids, np.uint64), body_info=vals[len(jt):].reshape(B, n_info),
                            joints=vals[:len(jt)].reshape(B, nj, ncol).astype(np.float32), path=str(path))
@@ -403,16 +414,22 @@ def read_ntu_skeleton_lines(path,             # `.skeleton` file
                             max_bodies:int=2, # person slots M (the first listed bodies)
                             num_joints:int=25,
                            ) -> np.ndarray:   # (3, T, V, M) float32
-    "Reference reader: one Python step per line, as upstream (`'first'` selection, no checks)."
-    with open(path) as f:
-        T = int(f.readline())
-        out = np.zeros((3, T, num_joints, max_bodies), np.float32)
-        for t in range(T):
-            for m in range(int(f.readline())):
-                info = [float(v) for v in f.readline().split()]      # the 10 body fields, unused
-                for j in range(int(f.readline())):
-                    v = [float(x) for x in f.readline().split()]
-                    if m < max_bodies: out[:, t, j, m] = v[:3]
+    "Reference reader: one Python step per line, as upstream (`'first'` selection); a bad file raises the careful reader's error."
+    try:
+        with open(path) as f:
+            T = int(f.readline())
+            if not 0 < T <= os.path.getsize(path) // 2: raise ValueError(f'{T} frames')   # a frame takes 2 bytes or more
+            out = np.zeros((3, T, num_joints, max_bodies), np.float32)
+            for t in range(T):
+                for m in range(int(f.readline())):
+                    info = [float(v) for v in f.readline().split()]      # the 10 body fields, unused
+                    for j in range(int(f.readline())):
+                        v = [float(x) for x in f.readline().split()]
+                        if m < max_bodies: out[:, t, j, m] = v[:3]
+    except (ValueError, IndexError, OverflowError, UnicodeDecodeError, MemoryError) as e:
+        parse_ntu_skeleton(path, num_joints=num_joints)                  # names the file, line and reason
+        raise SkeletonFormatError(path, None, f'not a well-formed .skeleton file ({type(e).__name__}: {e})') from None
+    if not representable(out).all(): raise SkeletonFormatError(path, None, 'non-finite coordinates')
     return out
 
 # %% ../nbs/01_formats.ipynb #1444f5f7
@@ -485,8 +502,8 @@ def bench_ntu_reader(files,          # `.skeleton` files
 
 # %% ../nbs/01_formats.ipynb #0aad8443
 def _check_finite(x, path, what='coordinates'):
-    bad = ~np.isfinite(x)
-    if bad.any(): raise SkeletonFormatError(path, None, f'{int(bad.sum())} non-finite {what} (NaN or inf)')
+    bad = ~representable(x)
+    if bad.any(): raise SkeletonFormatError(path, None, f'{int(bad.sum())} non-finite {what} (NaN, inf or beyond float32)')
 
 def read_utd_mat(path, # `a{A}_s{S}_t{T}_skel_K2.mat`
                 ) -> tuple: # (clip (3, T, 25, 1) float32, meta dict)
@@ -513,11 +530,11 @@ def read_nw_ucla_json(path, # `a{AA}_s{SS}_e{EE}_v{VV}.json`
     "Read an NW-UCLA JSON sequence into a `(C, T, V, M)` clip plus metadata."
     try:
         with open(path, 'rb') as f: j = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SkeletonFormatError(path, getattr(e, 'lineno', None), f'not valid JSON ({e.msg if hasattr(e, "msg") else e})') from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise SkeletonFormatError(path, getattr(e, 'lineno', None), f'not valid JSON ({getattr(e, "msg", type(e).__name__)})') from None
     if not isinstance(j, dict) or 'skeletons' not in j: raise SkeletonFormatError(path, None, "no 'skeletons' entry")
     try: x = np.asarray(j['skeletons'], np.float64)
-    except (ValueError, TypeError): raise SkeletonFormatError(path, None, "'skeletons' is not a T x 20 x 3 array of numbers") from None
+    except (ValueError, TypeError, OverflowError): raise SkeletonFormatError(path, None, "'skeletons' is not a T x 20 x 3 array of numbers") from None
     if x.ndim != 3 or x.shape[1:] != (20, 3) or len(x) == 0:
         raise SkeletonFormatError(path, None, f"'skeletons' must be T x 20 x 3 with T > 0, got shape {x.shape}")
     _check_finite(x, path)
@@ -526,7 +543,7 @@ def read_nw_ucla_json(path, # `a{AA}_s{SS}_e{EE}_v{VV}.json`
     try: meta.update(parse_sample_name(path, 'nw_ucla'))
     except SkeletonFormatError: meta['name'] = j.get('file_name', Path(str(path)).stem)
     if 'label' in j:
-        if not isinstance(j['label'], int) or not 1 <= j['label'] <= 10:
+        if type(j['label']) is not int or not 1 <= j['label'] <= 10:
             raise SkeletonFormatError(path, None, f"'label' must be an integer 1..10, got {j['label']!r}")
         meta['label'] = j['label'] - 1
     return clip, meta
@@ -550,9 +567,9 @@ def read_number_table(path,            # text file (or a name for messages, with
         text = data[int(starts[k]):int(ends[k])]
         try: vals[k] = float(text)
         except ValueError: raise SkeletonFormatError(path, k // ncols + 1, f'{text.decode(errors="replace")!r} is not a number') from None
-    finite = np.isfinite(vals)
+    finite = representable(vals)
     if not finite.all():
-        k = int(np.argmin(finite)); raise SkeletonFormatError(path, k // ncols + 1, 'non-finite value (NaN or inf)')
+        k = int(np.argmin(finite)); raise SkeletonFormatError(path, k // ncols + 1, 'non-finite value (NaN or inf) or one beyond float32')
     return vals.reshape(-1, ncols)
 
 # %% ../nbs/01_formats.ipynb #fd43c613
@@ -574,6 +591,7 @@ def read_msr_text(path,               # `a{AA}_s{SS}_e{EE}_skeleton3D.txt` (or a
 def iter_msr_tar(path,           # `MSRAction3DSkeletonReal3D.tar.xz` (any tar that `tarfile` opens)
                  layout='msr20', # joint order of the clips
                  names=None,     # only these sample names (e.g. {'a01_s01_e01'}); None for all
+                 errors:list=None, # when a list: unreadable members are appended ({'name', 'path', 'reason'}) and skipped
                 ):
     "Yield `(clip, meta)` for every MSR skeleton file inside a tar archive, without extracting it."
     pattern = re.compile(NAME_PATTERNS['msr'][0])
@@ -583,7 +601,10 @@ def iter_msr_tar(path,           # `MSRAction3DSkeletonReal3D.tar.xz` (any tar t
             if not member.isfile() or not pattern.fullmatch(base): continue
             if names is not None and base.split('_skeleton3D')[0].split('.')[0] not in names: continue
             data = tar.extractfile(member).read()
-            clip, meta = read_msr_text(f'{path}:{member.name}', data=data, layout=layout)
+            try: clip, meta = read_msr_text(f'{path}:{member.name}', data=data, layout=layout)
+            except SkeletonFormatError as e:
+                if errors is None: raise
+                errors.append({'name': base, 'path': f'{path}:{member.name}', 'reason': str(e)}); continue
             meta['path'] = f'{path}:{member.name}'
             yield clip, meta
 
@@ -626,6 +647,7 @@ def read_pku_labels(path, data:bytes=None) -> np.ndarray: # (K, 4) int64 rows of
     "Read a PKU-MMD label file (`class,start,end,confidence` per line)."
     t = read_number_table(path, 4, data=data, delimiter=b',')
     if (t != np.round(t)).any(): raise SkeletonFormatError(path, int(np.argmax((t != np.round(t)).any(1))) + 1, 'label rows must be integers')
+    if (np.abs(t) >= 2 ** 62).any(): raise SkeletonFormatError(path, int(np.argmax((np.abs(t) >= 2 ** 62).any(1))) + 1, 'a label value is out of range')
     t = t.astype(np.int64)
     bad = np.flatnonzero((t[:, 0] < 1) | (t[:, 1] < 0) | (t[:, 2] < t[:, 1]))
     if len(bad): raise SkeletonFormatError(path, int(bad[0]) + 1, f'bad label row {t[bad[0]].tolist()} (class >= 1, 0 <= start <= end)')
@@ -668,13 +690,18 @@ _NP_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(1))[0]
 _NP_SCALAR = np.float64(1).__reduce__()[0]
 _NP_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]
 
+class UnsafePickleError(SkeletonFormatError, pickle.UnpicklingError):
+    "A pickle refused because it asks for something other than plain data (both a `SkeletonFormatError` and an `UnpicklingError`)."
+
+class _Refused(pickle.UnpicklingError): pass
+
 def _safe_dtype(*args):
     dt = np.dtype(*args)
-    if dt.hasobject: raise pickle.UnpicklingError(f'refusing a numpy object dtype ({dt}): its raw bytes would be read as pointers')
+    if dt.hasobject: raise _Refused(f'refusing a numpy object dtype ({dt}): its raw bytes would be read as pointers')
     return dt
 
 def _safe_encode(text, encoding='latin1'):
-    if not isinstance(text, str): raise pickle.UnpicklingError('_codecs.encode expects a string')
+    if not isinstance(text, str): raise _Refused('refusing _codecs.encode of something other than a string')
     return text.encode(encoding)
 
 _SAFE_GLOBALS = {}
@@ -695,8 +722,8 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         try: return _SAFE_GLOBALS[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f'{self.path}: refusing to load {module}.{name}: only dicts, lists, tuples, '
-                                         'strings, numbers and numpy arrays are allowed') from None
+            raise UnsafePickleError(self.path, None, f'refusing to load {module}.{name}: only dicts, lists, tuples, '
+                                    'strings, numbers and numpy arrays are allowed') from None
 
 def safe_load_pickle(path,            # a pickle file (untrusted)
                      data:bytes=None, # its bytes, when already in memory
@@ -704,7 +731,12 @@ def safe_load_pickle(path,            # a pickle file (untrusted)
     "Load a pickle that may hold only plain containers, strings, numbers and numpy arrays."
     if data is None:
         with open(path, 'rb') as f: data = f.read()
-    return RestrictedUnpickler(io.BytesIO(data), path).load()
+    try: return RestrictedUnpickler(io.BytesIO(data), path).load()
+    except UnsafePickleError: raise
+    except _Refused as e: raise UnsafePickleError(path, None, str(e)) from None
+    except pickle.UnpicklingError as e: raise SkeletonFormatError(path, None, f'not a readable pickle ({e})') from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError, OverflowError, UnicodeDecodeError) as e:
+        raise SkeletonFormatError(path, None, f'not a readable pickle ({type(e).__name__}: {e})') from None
 
 # %% ../nbs/01_formats.ipynb #42e6c2d6
 def write_pyskl(path,                # `.pkl` file to write
@@ -730,13 +762,17 @@ def write_pyskl(path,                # `.pkl` file to write
 def read_pyskl(path) -> dict: # {'split': {...}, 'annotations': [...]} with every keypoint checked
     "Read a pyskl/mmaction2 annotation pickle (restricted unpickler) and check its schema."
     obj = safe_load_pickle(path)
-    if not isinstance(obj, dict) or 'annotations' not in obj: raise SkeletonFormatError(path, None, "a pyskl pickle is a dict with 'annotations'")
+    if not isinstance(obj, dict) or not isinstance(obj.get('annotations'), (list, tuple)):
+        raise SkeletonFormatError(path, None, "a pyskl pickle is a dict with an 'annotations' list")
     for i, a in enumerate(obj['annotations']):
         kp = a.get('keypoint') if isinstance(a, dict) else None
-        if not isinstance(kp, np.ndarray) or kp.ndim != 4:
-            raise SkeletonFormatError(path, None, f"annotation {i}: 'keypoint' must be an (M, T, V, C) array")
+        if not isinstance(kp, np.ndarray) or kp.ndim != 4 or kp.dtype.kind not in 'fiu' or 0 in kp.shape:
+            raise SkeletonFormatError(path, None, f"annotation {i}: 'keypoint' must be a non-empty numeric (M, T, V, C) array")
+        if not representable(kp).all(): raise SkeletonFormatError(path, None, f"annotation {i} ({a.get('frame_dir')!r}): non-finite keypoints")
         if 'frame_dir' not in a: raise SkeletonFormatError(path, None, f"annotation {i}: no 'frame_dir'")
-    obj.setdefault('split', {})
+    split = obj.setdefault('split', {})
+    if not isinstance(split, dict) or not all(isinstance(v, (list, tuple)) for v in split.values()):
+        raise SkeletonFormatError(path, None, "'split' must map split names to lists of frame_dir names")
     return obj
 
 def pyskl_to_clip(ann:dict) -> tuple: # (clip (C, T, V, M) float32, meta dict)

@@ -9,18 +9,18 @@ from pathlib import Path
 import numpy as np
 from fastcore.script import call_parse
 from .skeleton import get_layout
-from .formats import (SkeletonFormatError, shared_data_dir, parse_sample_name, read_ntu_skeleton, read_utd_mat,
+from .formats import (SkeletonFormatError, representable, shared_data_dir, parse_sample_name, read_ntu_skeleton, read_utd_mat,
                             read_nw_ucla_json, read_msr_text, iter_msr_tar, read_msr_file_list, read_pku_sequence,
                             read_pku_labels, cut_pku_sequence, read_pku_split, parse_pku_sequence_name)
 
 # %% auto #0
-__all__ = ['INFO_KEYS', 'META_KEYS', 'NORMALIZATIONS', 'NTU60_XSUB_TRAIN', 'NTU120_XSUB_TRAIN', 'NTU_BENCHMARKS',
-           'NW_UCLA_CLASSES', 'UTD_CLASSES', 'MSR_CLASSES', 'DATASETS', 'read_info', 'save_prepared', 'load_prepared',
-           'PreparedWriter', 'valid_lengths', 'resize_time', 'rotate_shoulders_to_x', 'normalize_aimclr',
-           'normalize_aimclr_reference', 'fill_empty_frames', 'pre_normalize_agcn', 'pre_normalize_agcn_reference',
-           'bench_normalize', 'fit_frames', 'fit_persons', 'normalize_batch', 'prepare_samples', 'read_name_list',
-           'ntu_samples', 'prepare_ntu', 'pku_samples', 'prepare_pku', 'prepare_nw_ucla', 'prepare_utd', 'prepare_msr',
-           'prepare_dataset', 'prepare_cli']
+__all__ = ['INFO_KEYS', 'META_KEYS', 'UPSTREAM_ROTATION_EPS', 'NORMALIZATIONS', 'NTU60_XSUB_TRAIN', 'NTU120_XSUB_TRAIN',
+           'NTU_BENCHMARKS', 'NW_UCLA_CLASSES', 'UTD_CLASSES', 'MSR_CLASSES', 'DATASETS', 'read_info', 'save_prepared',
+           'load_prepared', 'PreparedWriter', 'valid_lengths', 'resize_time', 'rotate_shoulders_to_x',
+           'normalize_aimclr', 'normalize_aimclr_reference', 'fill_empty_frames', 'pre_normalize_agcn',
+           'pre_normalize_agcn_reference', 'bench_normalize', 'fit_frames', 'fit_persons', 'normalize_batch',
+           'prepare_samples', 'read_name_list', 'ntu_samples', 'prepare_ntu', 'pku_samples', 'prepare_pku',
+           'prepare_nw_ucla', 'prepare_utd', 'prepare_msr', 'prepare_dataset', 'prepare_cli']
 
 # %% ../nbs/02_prepare.ipynb #f2d8b842
 INFO_KEYS = ('name', 'layout', 'num_classes', 'class_names', 'frames', 'persons', 'normalization', 'protocol',
@@ -45,6 +45,12 @@ def _write_json(path, obj):
     def w(tmp): Path(tmp).write_text(json.dumps(obj, indent=1))
     return _atomic_write_bytes(path, w)
 
+def _read_json(p):
+    "A JSON file; `SkeletonFormatError` naming the file and line when it is not valid JSON."
+    try: return json.loads(Path(p).read_bytes())
+    except json.JSONDecodeError as e: raise SkeletonFormatError(p, e.lineno, f'not valid JSON ({e.msg})') from None
+    except (UnicodeDecodeError, RecursionError) as e: raise SkeletonFormatError(p, None, f'not valid JSON ({type(e).__name__})') from None
+
 def read_info(prepared_dir, # a prepared dataset folder
              ) -> dict:     # the content of `info.json`
     "The `info.json` of a prepared dataset."
@@ -52,7 +58,9 @@ def read_info(prepared_dir, # a prepared dataset folder
     if not p.exists():
         raise FileNotFoundError(f'{p} not found: {prepared_dir} is not a prepared dataset (make one with the '
                                 'prepare_* functions or the skelnb-prepare command)')
-    return json.loads(p.read_text())
+    info = _read_json(p)
+    if not isinstance(info, dict): raise SkeletonFormatError(p, None, 'info.json must hold a JSON object')
+    return info
 
 def _jsonable(v):
     if isinstance(v, np.generic): return v.item()
@@ -106,21 +114,54 @@ def save_prepared(out_dir,     # the prepared dataset folder (created if needed)
     _update_info(out, split, n, data.shape[2], data.shape[4], info)
     return out / f'{split}_data.npy'
 
+def _read_npy(path, mmap, kinds, ndim, what):
+    "`np.load` with its header checked against the file size first: no giant allocation, every failure names the file."
+    try:
+        with open(path, 'rb') as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+            offset = f.tell()
+    except Exception as e: raise SkeletonFormatError(path, None, f'not a valid .npy file ({type(e).__name__}: {e})') from None
+    if dtype.kind not in kinds or len(shape) != ndim:
+        raise SkeletonFormatError(path, None, f'expected a {what} array of kind {kinds!r}, the header says {dtype} {shape}')
+    need, have = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize, os.path.getsize(path)
+    if need != have: raise SkeletonFormatError(path, None, f'the header announces {shape} {dtype} ({need} bytes) but the file has {have} bytes')
+    try: return np.load(path, mmap_mode='r' if mmap else None, allow_pickle=False)
+    except Exception as e: raise SkeletonFormatError(path, None, f'not a valid .npy file ({type(e).__name__}: {e})') from None
+
+def _check_values(data, path, chunk=256):
+    "NaN/inf anywhere in the data: the first bad sample is named."
+    for i in range(0, len(data), chunk):
+        ok = np.isfinite(data[i:i + chunk]).reshape(len(data[i:i + chunk]), -1).all(1)
+        if not ok.all(): raise SkeletonFormatError(path, None, f'sample {i + int(np.argmin(ok))} holds non-finite values (NaN or inf)')
+
 def load_prepared(prepared_dir, # a prepared dataset folder
                   split:str,    # split name
                   mmap:bool=True, # memory-map the data instead of reading it into RAM
+                  check_values='auto', # scan the data for NaN/inf: True, False, or 'auto' (when it is at most 1 GiB)
                  ) -> tuple:    # (data (N, C, T, V, M) float32, labels (N,) int64, meta dict)
-    "Open one split of a prepared dataset."
+    "Open one split of a prepared dataset, every file checked (`SkeletonFormatError` naming the file when one is damaged)."
     d = Path(prepared_dir)
     paths = [d / f'{split}_data.npy', d / f'{split}_label.npy', d / f'{split}_meta.json']
     for p in paths:
         if not p.exists():
             have = sorted(read_info(d).get('splits', {})) if (d / 'info.json').exists() else []
             raise FileNotFoundError(f'{p} not found (split {split!r}; splits present: {have})')
-    data = np.load(paths[0], mmap_mode='r' if mmap else None, allow_pickle=False)
-    labels = np.load(paths[1], allow_pickle=False)
-    meta = json.loads(paths[2].read_text())
-    if len(labels) != len(data): raise ValueError(f'{d}: {split} has {len(data)} samples but {len(labels)} labels')
+    data = _read_npy(paths[0], mmap, 'f', 5, '(N, C, T, V, M)')
+    labels = np.asarray(_read_npy(paths[1], False, 'iu', 1, '(N,)'))
+    n = len(data)
+    if len(labels) != n: raise SkeletonFormatError(paths[1], None, f'{len(labels)} labels for the {n} samples of {paths[0].name}')
+    if n and labels.min() < 0: raise SkeletonFormatError(paths[1], None, f'label {int(labels.min())} is negative (labels are 0-based classes)')
+    k = read_info(d).get('num_classes') if (d / 'info.json').exists() else None
+    if isinstance(k, int) and n and labels.max() >= k:
+        raise SkeletonFormatError(paths[1], None, f'label {int(labels.max())} is not below num_classes={k} of info.json')
+    meta = _read_json(paths[2])
+    if not isinstance(meta, dict) or not isinstance(meta.get('names'), list) or not isinstance(meta.get('length'), list):
+        raise SkeletonFormatError(paths[2], None, "a meta file is a JSON object with 'names' and 'length' lists")
+    for key, v in meta.items():
+        if isinstance(v, list) and len(v) != n: raise SkeletonFormatError(paths[2], None, f'{key!r} has {len(v)} entries for {n} samples')
+    if check_values is True or (check_values == 'auto' and data.nbytes <= 2 ** 30): _check_values(data, paths[0])
     return data, labels, meta
 
 # %% ../nbs/02_prepare.ipynb #522fb652
@@ -214,6 +255,8 @@ def resize_time(x,              # batch (N, C, T, V, M)
     out[np.asarray(lengths) == 0] = 0
     return out
 
+UPSTREAM_ROTATION_EPS = 1e-4   # added to |u| in upstream's `parallel_skeleton` (AimCLR feeder/NTUDatasets.py)
+
 def rotate_shoulders_to_x(x,                    # batch (N, 3, T, V, M), y up
                           layout='ntu25',       # joint layout (for the shoulders)
                           upstream_sign:bool=False, # one rotation sign per clip from the sum of u_z (upstream quirk)
@@ -224,11 +267,9 @@ def rotate_shoulders_to_x(x,                    # batch (N, 3, T, V, M), y up
     u = x[:, :, :, rs] - x[:, :, :, ls]                                    # (N, 3, T, M)
     ux, uz = u[:, 0].astype(np.float64), u[:, 2].astype(np.float64)
     norm = np.hypot(ux, uz)
-    if upstream_sign:
-        theta = np.arccos(np.clip(ux / np.where(norm > 0, norm, 1), -1, 1))
-        phi = theta * np.where(uz.sum(1, keepdims=True) >= 0, 1.0, -1.0)
-    else: phi = np.arctan2(uz, ux)
-    phi = np.where(norm > 0, phi, 0.0)
+    if upstream_sign:   # upstream's formula as written: arccos(u_x / (|u| + 1e-4)), one sign per clip
+        phi = np.arccos(ux / (norm + UPSTREAM_ROTATION_EPS)) * np.where(uz.sum(1, keepdims=True) >= 0, 1.0, -1.0)
+    else: phi = np.where(norm > 0, np.arctan2(uz, ux), 0.0)
     c, s = np.cos(phi).astype(np.float32)[:, :, None], np.sin(phi).astype(np.float32)[:, :, None]   # (N, T, 1, M)
     out = x.copy()
     out[:, 0] = x[:, 0] * c + x[:, 2] * s
@@ -282,8 +323,9 @@ def normalize_aimclr_reference(clip,          # one clip (3, T, V, M)
         sign = 1.0 if u[2].sum() >= 0 else -1.0
         for t in range(frames):
             n = math.hypot(u[0, t], u[2, t])
-            if n == 0: continue
-            phi = sign * math.acos(max(-1.0, min(1.0, u[0, t] / n))) if upstream_sign else math.atan2(u[2, t], u[0, t])
+            if upstream_sign: phi = sign * math.acos(u[0, t] / (n + UPSTREAM_ROTATION_EPS))
+            elif n == 0: continue
+            else: phi = math.atan2(u[2, t], u[0, t])
             R = np.array([[math.cos(phi), 0, math.sin(phi)], [0, 1, 0], [-math.sin(phi), 0, math.cos(phi)]])
             out[:, t, :, m] = R @ out[:, t, :, m]
     return out.astype(np.float32)
@@ -445,9 +487,22 @@ def normalize_batch(clips:list,           # clips (3, T_i, V, M), any lengths
     return batch, valid_lengths(batch)
 
 # %% ../nbs/02_prepare.ipynb #560e2479
+def _load_checked(load, s, layout) -> tuple:
+    "`(problem, clip)`: `load(s)` and the checks every clip must pass; any exception (not Ctrl-C) becomes the problem."
+    try: clip = load(s)
+    except Exception as e:                                   # KeyboardInterrupt/SystemExit still stop the run
+        msg, where = str(e), str(s.get('path') or s['name'])
+        return (msg if where in msg or s['name'] in msg else f'{where}: {type(e).__name__}: {msg}'), None
+    if not isinstance(clip, np.ndarray) or clip.ndim != 4 or clip.shape[0] != 3:
+        return f'the loader returned {getattr(clip, "shape", type(clip).__name__)}, not a (3, T, V, M) clip', None
+    if clip.shape[2] != layout.num_joints: return f'{clip.shape[2]} joints, layout {layout.name!r} has {layout.num_joints}', None
+    if clip.shape[1] == 0 or not clip.any(): return 'all coordinates are zero', None
+    if not representable(clip).all(): return 'non-finite coordinates (NaN, inf or beyond float32)', None
+    return None, clip
+
 def prepare_samples(out,                 # output folder
                     samples:dict,        # {split: [{'name', 'label', 'subject', 'view', ...}, ...]}
-                    load,                # load(sample) -> clip (3, T, V, M); may raise SkeletonFormatError / OSError
+                    load,                # load(sample) -> clip (3, T, V, M); any exception skips (and reports) that sample
                     info:dict,           # info.json fields (name, layout, num_classes, class_names, protocol, source)
                     normalization:str='none',
                     frames:int=300,
@@ -471,13 +526,9 @@ def prepare_samples(out,                 # output folder
             for i in range(0, len(todo), chunk):
                 good, clips = [], []
                 for s in todo[i:i + chunk]:
-                    try: clip = load(s)
-                    except (SkeletonFormatError, OSError, ValueError) as e:
-                        report['skipped'].append({'name': s['name'], 'split': split, 'reason': str(e)}); continue
-                    if clip.shape[2] != layout.num_joints:
-                        report['skipped'].append({'name': s['name'], 'split': split, 'reason': f'{clip.shape[2]} joints, layout {layout.name!r} has {layout.num_joints}'}); continue
-                    if not clip.any():
-                        report['skipped'].append({'name': s['name'], 'split': split, 'reason': 'all coordinates are zero'}); continue
+                    problem, clip = _load_checked(load, s, layout)
+                    if problem:
+                        report['skipped'].append({'name': s['name'], 'split': split, 'path': s.get('path'), 'reason': problem}); continue
                     good.append(s); clips.append(fit_persons(np.asarray(clip, np.float32), persons))
                 if not clips: continue
                 batch, lengths = normalize_batch(clips, normalization, frames, layout, **norm_kwargs)
@@ -671,8 +722,13 @@ def prepare_msr(src=None,                 # `MSRAction3DSkeletonReal3D.tar.xz` o
                ) -> dict:
     "MSR Action3D cross-subject (odd subjects train / even test) into the prepared format; all-zero files are skipped."
     src = Path(src) if src else shared_data_dir('msr_action3d') / 'MSRAction3DSkeletonReal3D.tar.xz'
-    if src.is_dir(): clips = {m['name']: (c, m) for c, m in (read_msr_text(p, layout=layout) for p in sorted(src.glob('a*_s*_e*_skeleton3D.txt')))}
-    else: clips = {m['name']: (c, m) for c, m in iter_msr_tar(src, layout)}
+    skipped = []                                              # unreadable files: reported, never fatal
+    if src.is_dir():
+        clips = {}
+        for p in sorted(src.glob('a*_s*_e*_skeleton3D.txt')):
+            try: c, m = read_msr_text(p, layout=layout); clips[m['name']] = (c, m)
+            except SkeletonFormatError as e: skipped.append({'name': p.name, 'path': str(p), 'reason': str(e)})
+    else: clips = {m['name']: (c, m) for c, m in iter_msr_tar(src, layout, errors=skipped)}
     keep = set(read_msr_file_list(src) if file_list == 'cvpr12' and not src.is_dir() else clips)
     samples = {'train': [], 'test': []}
     for name in _pick([n for n in clips if n in keep], limit):
@@ -682,7 +738,8 @@ def prepare_msr(src=None,                 # `MSRAction3DSkeletonReal3D.tar.xz` o
     info = {'name': 'msr_action3d', 'layout': get_layout(layout).name, 'num_classes': 20, 'class_names': list(MSR_CLASSES),
             'protocol': 'cross-subject: odd subjects train, even test' + ('; the 557 CVPR 2012 files' if file_list == 'cvpr12' else ''),
             'source': str(src)}
-    return prepare_samples(out, samples, lambda s: clips[s['name']][0], info, normalization, frames, persons, **norm_kwargs)
+    return prepare_samples(out, samples, lambda s: clips[s['name']][0], info, normalization, frames, persons,
+                           skipped=skipped, **norm_kwargs)
 
 # %% ../nbs/02_prepare.ipynb #3c8c8798
 DATASETS = ('ntu60', 'ntu120', 'pku1', 'pku2', 'nw_ucla', 'utd', 'msr')

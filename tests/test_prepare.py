@@ -181,3 +181,129 @@ def test_prepare_nw_ucla_real(shared_data, tmp_path):
     assert rep['splits'] == {'train': 1020, 'test': 464}
     _, labels, meta = load_prepared(tmp_path, 'test')
     assert set(meta['view']) == {3} and sorted(set(labels.tolist())) == list(range(10))
+
+
+# ---------------------------------------------------------------- upstream's rotation, epsilon included
+def _upstream_parallel_skeleton(person):
+    """Hand transcription of AimCLR's `feeder/NTUDatasets.py` `parallel_skeleton` + `_y_transmat` for one person
+    (3, T, V): u = right - left shoulder with u_y = 0, theta = arccos(u_x / (|u| + 0.0001)) in degrees, negated when
+    sum_t u_z >= 0, then per frame the matrix [[cos, 0, -sin], [0, 1, 0], [sin, 0, cos]] of theta (radians)."""
+    vec = person[:, :, 8] - person[:, :, 4]
+    vec[1] = 0
+    l2 = np.sqrt((vec ** 2).sum(0))
+    thetas = np.degrees(np.arccos(vec[0] / (l2 + 0.0001)))
+    if vec[2].sum() >= 0: thetas = -thetas
+    out = np.empty_like(person)
+    for t, th in enumerate(np.radians(thetas)):
+        tm = np.array([[np.cos(th), 0, -np.sin(th)], [0, 1, 0], [np.sin(th), 0, np.cos(th)]])
+        out[:, t] = tm @ person[:, t]
+    return out
+
+
+def test_upstream_sign_rotation_has_upstream_epsilon():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 3, 7, 25, 2)) * 0.3
+    x[:, :, :, 8] = x[:, :, :, 4] + rng.normal(size=(2, 3, 7, 2)) * 0.02    # narrow shoulders: the epsilon matters
+    x[1, :, :, :, 1] = 0                                                     # an absent second person
+    x[0, :, 3, 8, 0] = x[0, :, 3, 4, 0]; x[0, 1, 3, 8, 0] += 0.1            # a frame with |u| = 0 (upstream: 90 degrees)
+    x = x.astype(np.float32).astype(np.float64)                             # the same inputs on both sides
+    ref = np.stack([np.stack([_upstream_parallel_skeleton(x[n, ..., m]) for m in range(2)], -1) for n in range(2)])
+    got = rotate_shoulders_to_x(x.astype(np.float32), 'ntu25', upstream_sign=True)
+    np.testing.assert_allclose(got, ref, atol=2e-6)
+    assert np.abs(ref - rotate_shoulders_to_x(x.astype(np.float32), 'ntu25', upstream_sign=False)).max() > 1e-4
+    # the per-clip reference applies the same formula to the resized clip
+    clip = x[0].astype(np.float32)
+    full = normalize_aimclr(clip[None], 7, 'ntu25', lengths=[7], upstream_sign=True)[0]
+    np.testing.assert_allclose(full, normalize_aimclr_reference(clip, 7, 'ntu25', upstream_sign=True), atol=1e-5)
+    centred = clip - clip[:, :, 20:21]
+    np.testing.assert_allclose(full, np.stack([_upstream_parallel_skeleton(centred[..., m].astype(np.float64)) for m in range(2)], -1), atol=1e-5)
+
+
+# ---------------------------------------------------------------- every kind of bad file skipped, every good one kept
+def test_prepare_keeps_good_files_among_every_kind_of_bad_one(tmp_path):
+    raw = tmp_path / 'raw'; raw.mkdir()
+    rng = np.random.default_rng(0)
+    good = {f'S001C00{c}P00{p}R001A00{a}': rng.normal(size=(3, 6, 25, 1)).astype(np.float32)
+            for c, p, a in ((1, 1, 1), (2, 2, 2), (3, 3, 3), (2, 4, 4))}
+    for name, clip in good.items(): write_ntu_skeleton(raw / f'{name}.skeleton', clip)
+    text = (raw / 'S001C001P001R001A001.skeleton').read_text().splitlines()
+    bad = {'S001C002P005R001A005': '\n'.join(text[:1] + ['9' * 20] + text[2:]),        # a 20-digit body count
+           'S001C002P006R001A006': '\n'.join(text[:40]),                               # truncated
+           'S001C002P007R001A007': '\n'.join(text[:5] + ['nan ' + text[5].split(' ', 1)[1]] + text[6:]),  # NaN
+           'S001C002P008R001A008': '',                                                 # empty
+           'S001C002P009R001A009': '\n'.join(['-3'] + text[1:]),                       # negative count
+           'S001C003P010R001A010': '\n'.join(text[:3] + ['1' * 30] + text[4:])}         # a 30-digit joint count
+    for name, t in bad.items(): (raw / f'{name}.skeleton').write_text(t)
+    (raw / 'S001C003P011R001A011.skeleton').write_bytes(b'\xff\xfe' + bytes(range(256)))   # binary junk
+    bad['S001C003P011R001A011'] = None
+    rep = prepare_ntu(raw, tmp_path / 'out', 'xview')
+    assert sum(rep['splits'].values()) == len(good)
+    skipped = {s['name']: s['reason'] for s in rep['skipped']}
+    assert set(skipped) == set(bad)
+    for name, reason in skipped.items(): assert f'{name}.skeleton' in reason
+    assert 'line 2' in skipped['S001C002P005R001A005'] and 'line 4' in skipped['S001C003P010R001A010']
+    assert 'line 6' in skipped['S001C002P007R001A007'] and "'nan'" in skipped['S001C002P007R001A007']
+    names = load_prepared(tmp_path / 'out', 'train')[2]['names'] + load_prepared(tmp_path / 'out', 'test')[2]['names']
+    assert sorted(names) == sorted(good)
+    for split in ('train', 'test'):
+        data, _, meta = load_prepared(tmp_path / 'out', split)
+        for d, n in zip(data, meta['names']): assert np.array_equal(d[:, :6, :, :1], good[n])
+
+
+class _LoaderBug(Exception): pass
+
+def test_prepare_samples_survives_any_loader_exception(tmp_path):
+    clip = np.random.default_rng(1).normal(size=(3, 5, 25, 1)).astype(np.float32)
+    def load(s):
+        kind = s['kind']
+        if kind == 'good': return clip
+        if kind == 'nan': c = clip.copy(); c[0, 1, 2] = np.nan; return c
+        if kind == 'shape': return clip[:2]
+        if kind == 'joints': return clip[:, :, :20]
+        if kind == 'none': return None
+        raise {'key': KeyError('x'), 'index': IndexError('y'), 'runtime': RuntimeError('z'), 'overflow': OverflowError('w'),
+               'memory': MemoryError(), 'custom': _LoaderBug('q'), 'os': OSError('disk')}[kind]
+    kinds = ['good', 'nan', 'shape', 'joints', 'none', 'key', 'index', 'runtime', 'overflow', 'memory', 'custom', 'os', 'good']
+    samples = {'train': [{'name': f'{k}{i}', 'label': 0, 'kind': k, 'path': f'/x/{k}{i}.bin'} for i, k in enumerate(kinds)]}
+    rep = prepare_samples(tmp_path, samples, load, dict(name='t', layout='ntu25', num_classes=1), frames=5, persons=1)
+    assert rep['splits'] == {'train': 2}
+    skipped = {s['name']: s for s in rep['skipped']}
+    assert set(skipped) == {f'{k}{i}' for i, k in enumerate(kinds) if k != 'good'}
+    assert 'RuntimeError' in skipped['runtime7']['reason'] and '/x/runtime7.bin' in skipped['runtime7']['reason']
+    assert '_LoaderBug' in skipped['custom10']['reason'] and 'non-finite' in skipped['nan1']['reason']
+    assert all(s['split'] == 'train' and s['path'] for s in skipped.values())
+    np.testing.assert_array_equal(load_prepared(tmp_path, 'train')[0][:, :, :5], np.stack([clip, clip]))
+    def interrupted(s): raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt): prepare_samples(tmp_path / 'k', samples, interrupted, dict(name='t', layout='ntu25', num_classes=1))
+    assert not list((tmp_path / 'k').glob('*.npy')) and not list((tmp_path / 'k').glob('.*tmp'))
+
+
+# ---------------------------------------------------------------- damaged prepared folders
+def test_load_prepared_names_the_damaged_file(tmp_path):
+    x = _batch(3, T=6)
+    save_prepared(tmp_path, 'train', x, [0, 1, 1], {'names': list('abc'), 'length': [6] * 3}, info=dict(name='t', layout='ntu25', num_classes=2))
+    d, orig = tmp_path, {f: (tmp_path / f).read_bytes() for f in ('train_data.npy', 'train_label.npy', 'train_meta.json')}
+    def damaged(fname, data, message, **kw):
+        (d / fname).write_bytes(data)
+        with pytest.raises(SkeletonFormatError, match=message) as e: load_prepared(d, 'train', **kw)
+        assert fname in str(e.value)
+        (d / fname).write_bytes(orig[fname])
+    def shape(new):   # the same header with another shape, padding shortened to keep its length
+        h = orig['train_data.npy'].replace(b'(3, 3, 6, 25, 2)', new, 1)
+        k = len(new) - 16
+        return h.replace(b' ' * k + b'\n', b'\n', 1) if k > 0 else h.replace(b' \n', b' ' * (1 - k) + b'\n', 1)
+    damaged('train_data.npy', shape(b'(3333333333333333333, 3, 6, 25, 2)'), 'header announces')       # no giant allocation
+    damaged('train_data.npy', shape(b'(9, 3, 6, 25, 2)'), 'header announces', mmap=False)
+    damaged('train_data.npy', shape(b'(3, 3, 6, 25)'), r'expected a \(N, C, T, V, M\) array')
+    damaged('train_data.npy', orig['train_data.npy'][:-4], 'header announces')
+    damaged('train_data.npy', b'', 'not a valid .npy')
+    nan = np.load(d / 'train_data.npy'); nan[2, 0, 1, 3, 0] = np.inf; np.save(d / 'x.npy', nan)
+    damaged('train_data.npy', (d / 'x.npy').read_bytes(), 'sample 2 holds non-finite')
+    damaged('train_label.npy', orig['train_label.npy'].replace(b"'<i8'", b"'<f8'"), "kind 'iu'")
+    np.save(d / 'x.npy', np.array([0, 1, 5])); damaged('train_label.npy', (d / 'x.npy').read_bytes(), 'not below num_classes=2')
+    np.save(d / 'x.npy', np.array([0, 1])); damaged('train_label.npy', (d / 'x.npy').read_bytes(), '2 labels for the 3 samples')
+    damaged('train_meta.json', orig['train_meta.json'][:-3], 'not valid JSON')
+    damaged('train_meta.json', b'{"names": ["a"], "length": [6, 6, 6]}', "'names' has 1 entries for 3 samples")
+    nan = np.load(d / 'train_data.npy'); nan[0, 0, 0, 0, 0] = np.nan; np.save(d / 'x.npy', nan)
+    (d / 'train_data.npy').write_bytes((d / 'x.npy').read_bytes())
+    assert load_prepared(d, 'train', check_values=False)[0].shape == x.shape             # the scan can be turned off
