@@ -161,7 +161,8 @@ class SCDNetBackbone(nn.Module):
     def __init__(self, encoder: SCDNetEncoder):
         super().__init__()
         self.config = encoder.config
-        for name in self._parts: setattr(self, name, getattr(encoder, name))
+        for name in self._parts:
+            if hasattr(encoder, name): setattr(self, name, getattr(encoder, name))   # `data_bn` only when shared by the stems
 
     @property
     def out_dim(self) -> int: return 2 * self.config.hidden
@@ -272,7 +273,9 @@ def training_step(self: A2MC, batch: dict, epoch: int = 0) -> dict:
         if warm:
             for b in self.bank_names: self.banks[b].fill(k[b])
             bank_loss = nce.new_zeros(())
-        else: bank_loss = sum(self.banks[b].update(qq.detach(), kk) for _, qq, kk, b in pairs) / len(pairs)
+        else:   # per bank, every ascent step from the bank before the first (the instance bank takes two), as released
+            losses = [l for b in self.bank_names for l in self.banks[b].update_many([(qq.detach(), kk) for _, qq, kk, bb in pairs if bb == b])]
+            bank_loss = sum(losses) / len(losses)
     return {'loss': loss, 'nce': nce.detach(), 'mix': mix.detach(), **{n: v.detach() for n, v in out.items()},
             'bank_loss': bank_loss, 'warmup': float(warm), 'attack_linf': (x_in - xq).abs().max().detach()}
 

@@ -106,8 +106,9 @@ class AimCLR(SkeletonCLR):
         lengths = batch.get('length')
         x_q, x_k = self.augmented(x, self.augment, 2, lengths)
         x_e = self.augmented(x, self.extreme, 1, lengths)[0]
+        z = _unit(self.encoder_q(self.stream(x_q)))   # the normal query first, then the extreme view (upstream order)
         z_e, z_d = extreme_embeddings(self.encoder_q, self.stream(x_e), self.eadm)
-        z, k = self.embed(x_q, x_k)
+        k = self.key(x_k)                              # EMA step, then the key
         nnm = self.nnm_on(epoch)
         terms = aimclr_losses(z, z_e, z_d, k, self.queue.negatives.clone(), c.temperature, c.topk if nnm else None)
         self.queue.enqueue(k)

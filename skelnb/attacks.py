@@ -13,11 +13,11 @@ from einops import rearrange
 from .skeleton import get_layout, joint_to_bone, bone_to_joint
 
 # %% auto #0
-__all__ = ['ATTACK_MODES', 'NORMS', 'A2MC_ACC_JOINT_WEIGHTS', 'GOALS', 'attack_guard', 'attack_objective', 'input_gradient',
-           'per_sample_norm', 'ascent_step', 'project_ball', 'random_in_ball', 'pgd', 'fgsm', 'cosine_distance',
-           'freeze_absent_persons', 'clamp_joint_displacement', 'project_bone_lengths', 'feature_attack',
-           'smart_perceptual_terms', 'smart_perceptual_loss', 'normalize_per_frame', 'adam_step', 'att_aug_direction',
-           'AttAugConfig', 'pseudo_labels', 'att_aug', 'bench_att_aug', 'AttackExplorer']
+__all__ = ['ATTACK_MODES', 'NORMS', 'A2MC_ACC_JOINT_WEIGHTS', 'GOALS', 'encode_every_person', 'attack_guard', 'attack_objective',
+           'input_gradient', 'per_sample_norm', 'ascent_step', 'project_ball', 'random_in_ball', 'pgd', 'fgsm',
+           'cosine_distance', 'freeze_absent_persons', 'clamp_joint_displacement', 'project_bone_lengths',
+           'feature_attack', 'smart_perceptual_terms', 'smart_perceptual_loss', 'normalize_per_frame', 'adam_step',
+           'att_aug_direction', 'AttAugConfig', 'pseudo_labels', 'att_aug', 'bench_att_aug', 'AttackExplorer']
 
 # %% ../nbs/08_attacks.ipynb #b297edf9
 def _modules(models) -> list:
@@ -29,11 +29,24 @@ def _modules(models) -> list:
 ATTACK_MODES = ('keep', 'train', 'eval')
 
 @contextlib.contextmanager
+def encode_every_person(*models):
+    "Switch off the sharing of absent persons (`config.share_absent_eval`) in `models` and their submodules; restore on exit."
+    cfgs = list({id(c): c for m in _modules(models) for s in m.modules()
+                 if hasattr(c := getattr(s, 'config', None), 'share_absent_eval')}.values())
+    saved = [c.share_absent_eval for c in cfgs]
+    try:
+        for c in cfgs: c.share_absent_eval = False
+        yield
+    finally:
+        for c, v in zip(cfgs, saved): c.share_absent_eval = v
+
+@contextlib.contextmanager
 def attack_guard(*models,                 # the callables an attack runs through; the `nn.Module`s among them are guarded
                  mode: str = 'keep',      # run in the current mode ('keep'), or in 'train' or 'eval' mode
                  update_bn: bool = False, # let the attack's forward passes update running statistics (upstream A2MC)
+                 share_absent: bool = False, # keep eval-mode sharing of absent persons (their input gradient is then zero)
                 ):
-    "Freeze parameters, set the mode and protect running statistics of `models`; restore everything on exit."
+    "Freeze parameters, set the mode, protect running statistics, encode every person of `models`; restore everything on exit."
     if mode not in ATTACK_MODES: raise ValueError(f'mode must be one of {ATTACK_MODES}, got {mode!r}')
     mods = _modules(models)
     subs = list({id(s): s for m in mods for s in m.modules()}.values())
@@ -42,12 +55,15 @@ def attack_guard(*models,                 # the callables an attack runs through
     training = [s.training for s in subs]
     stats = [] if update_bn else [(s, {k: b.detach().clone() for k, b in s.named_buffers(recurse=False)})
                                   for s in subs if getattr(s, 'track_running_stats', False)]
+    every = contextlib.nullcontext() if share_absent else encode_every_person(*mods)
     try:
+        every.__enter__()
         for p in params: p.requires_grad_(False)
         if mode != 'keep':
             for s in subs: s.training = mode == 'train'
         yield
     finally:
+        every.__exit__(None, None, None)
         for p, f in zip(params, flags): p.requires_grad_(f)
         for s, t in zip(subs, training): s.training = t
         with torch.no_grad():
@@ -68,8 +84,8 @@ def attack_objective(model,                 # callable `model(x)` -> logits or e
     return -loss if targeted else loss
 
 def input_gradient(model, x, target, loss_fn=None, targeted: bool = False):
-    "`(J(x), dJ/dx)`: the attack objective and its gradient with respect to the input only."
-    with torch.enable_grad():
+    "`(J(x), dJ/dx)`: the attack objective and its gradient with respect to the input only (every person encoded)."
+    with torch.enable_grad(), encode_every_person(model):
         xg = x.detach().requires_grad_(True)
         J = attack_objective(model, xg, target, loss_fn, targeted)
         g, = torch.autograd.grad(J, xg, allow_unused=True)

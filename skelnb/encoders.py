@@ -27,7 +27,8 @@ __all__ = ['SAFE_MIN_CHANNELS', 'GRAPH_ORDERS', 'STGCN_PRESETS', 'STGCN_OUTPUTS'
            'bench_checkpointing', 'release_free_memory', 'set_activation_checkpointing', 'simam_attention',
            'eadm_masks', 'eadm_drop', 'EADM', 'MLP1D', 'skeattnclr_projector', 'skeattnclr_predictor',
            'AttentionMaskNeck', 'SCDNetConfig', 'get_scdnet_config', 'CTRGC', 'CTRGraphConv', 'MultiScaleTemporalConv',
-           'CTRGCNBlock', 'CTRGCNStem', 'SCDNetEncoder']
+           'CTRGCNBlock', 'CTRGCNStem', 'scdnet_init_', 'SCDNetEncoder', 'convert_scdnet_state_dict',
+           'load_scdnet_checkpoint']
 
 # %% ../nbs/06_encoders.ipynb #75375a75
 SAFE_MIN_CHANNELS = 16   # narrower convolutions read NCHW-contiguous input on the CPU
@@ -351,7 +352,7 @@ class STGCNConfig:
     head: str = 'mlp'             # 'mlp' (MoCo projector), 'linear' or 'none'
     num_class: int = 128          # head output size (feature_dim in pretraining, classes in evaluation)
     layout: str = 'ntu25'         # skeleton layout of the graph
-    strategy: str = 'spatial'     # partition strategy of `Graph`
+    strategy: str = 'spatial'     # `Graph` strategy: 'spatial' (ST-GCN: SkeletonCLR/CrosSCLR/AimCLR) or 'agcn' (SkeAttnCLR)
     max_hop: int = 1
     graph_dilation: int = 1
     temporal_kernel: int = 9
@@ -368,7 +369,7 @@ STGCN_PRESETS = {
     'skeletonclr': STGCNConfig(),
     'crossclr': STGCNConfig(),
     'aimclr': STGCNConfig(),
-    'skeattnclr': STGCNConfig(hidden_channels=64),
+    'skeattnclr': STGCNConfig(hidden_channels=64, strategy='agcn'),   # its released ST-GCN imports the AGCN graph
     'linear_eval': STGCNConfig(head='linear', num_class=60),
     'tiny': STGCNConfig(hidden_channels=4, hidden_dim=32, num_class=16),
 }
@@ -972,7 +973,9 @@ class SCDNetConfig:
     temporal_kernel: int = 5
     dilations: tuple = (1, 2)
     layout: str = 'ntu25'
-    strategy: str = 'spatial'
+    strategy: str = 'agcn'                # adjacency seed: 'agcn' (released: identity, inward, outward) or a `Graph` strategy
+    shared_input_bn: bool = False         # True: one input batch norm for both stems (released: one per stem)
+    upstream_init: bool = True            # the released initialisation (`scdnet_init_`); False: PyTorch's defaults
 
 SCDNET_PRESETS = {
     'paper': SCDNetConfig(),
@@ -982,6 +985,13 @@ SCDNET_PRESETS = {
 def get_scdnet_config(preset='paper', **overrides) -> SCDNetConfig:
     "A copy of a named SCD-Net config with `overrides` applied."
     return preset_config(SCDNET_PRESETS, SCDNetConfig, preset, overrides, 'SCD-Net')
+
+# %% ../nbs/06_encoders.ipynb #cf7cfa08
+from .skeleton import agcn_graph
+
+def _agcn_graph(layout='ntu25') -> np.ndarray:   # (3, V, V): identity, inward, outward
+    "CTR-GCN's graph of a layout (identity, column-normalised inward and outward edges), `A[k, j, i]` = j's weight in i."
+    return np.ascontiguousarray(agcn_graph(layout).transpose(0, 2, 1))   # the shared graph, upstream's [receiver, sender] flipped
 
 # %% ../nbs/06_encoders.ipynb #0046662f
 class CTRGC(nn.Module):
@@ -1044,14 +1054,40 @@ class CTRGCNBlock(nn.Module):
         return F.relu(y + self.residual(x) if self.residual is not None else y)
 
 class CTRGCNStem(nn.Module):
-    "The CTR-GCN-style stem of one SCD-Net branch: blocks over `stem_channels`, no temporal stride."
-    def __init__(self, cfg: SCDNetConfig):
+    "The CTR-GCN-style stem of one SCD-Net branch: (its input batch norm,) blocks over `stem_channels`, no temporal stride."
+    def __init__(self, cfg: SCDNetConfig, input_bn: bool = True):
         super().__init__()
-        A = Graph(cfg.layout, cfg.strategy).A
+        A = _agcn_graph(cfg.layout) if cfg.strategy == 'agcn' else Graph(cfg.layout, cfg.strategy).A
+        if input_bn: self.data_bn = nn.BatchNorm1d(cfg.num_persons * cfg.num_joints * cfg.in_channels)
         chans = (cfg.in_channels,) + tuple(cfg.stem_channels)
         self.blocks = nn.Sequential(*[CTRGCNBlock(ci, co, A, residual=i > 0, kernel_size=cfg.temporal_kernel, dilations=cfg.dilations)
                                       for i, (ci, co) in enumerate(zip(chans[:-1], chans[1:]))])
     def forward(self, x): return self.blocks(x)
+
+def _input_bn(bn, x):
+    "Batch norm over the (M, V, C) channels of a batch `(N, C, T, V, M)`, then persons into the batch: `(N*M, C, T, V)`."
+    h = bn(rearrange(x, 'n c t v m -> n (m v c) t'))
+    return rearrange(h, 'n (m v c) t -> (n m) c t v', m=x.shape[-1], v=x.shape[-2])
+
+# %% ../nbs/06_encoders.ipynb #5af150ce
+def scdnet_init_(model: nn.Module, # an `SCDNetEncoder` (or any module holding `CTRGCNStem`s)
+                ) -> nn.Module:
+    "SCD-Net's released initialisation in place: CTR-GCN's for the stems, then Xavier-uniform on every 2-D parameter."
+    with torch.no_grad():
+        for stem in (m for m in model.modules() if isinstance(m, CTRGCNStem)):
+            for m in stem.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode='fan_out')
+                    if m.bias is not None: m.bias.zero_()
+                elif isinstance(m, nn.modules.batchnorm._BatchNorm): m.weight.fill_(1.0); m.bias.zero_()
+            for m in stem.modules():
+                if isinstance(m, MultiScaleTemporalConv):
+                    for bn in m.modules():
+                        if isinstance(bn, nn.BatchNorm2d): bn.weight.normal_(1.0, 0.02)
+                elif isinstance(m, CTRGraphConv): m.bn.weight.fill_(1e-6)
+        for p in model.parameters():
+            if p.dim() == 2: nn.init.xavier_uniform_(p)
+    return model
 
 # %% ../nbs/06_encoders.ipynb #6c856bfd
 def _token_mlp(in_dim, hidden):
@@ -1069,13 +1105,14 @@ class SCDNetEncoder(nn.Module):
         super().__init__()
         self.config = cfg = get_scdnet_config(config, **overrides)
         M, V, C, T, Cl = cfg.num_persons, cfg.num_joints, cfg.in_channels, cfg.num_frames, cfg.stem_channels[-1]
-        self.data_bn = nn.BatchNorm1d(M * V * C)
-        self.gcn_t, self.gcn_s = CTRGCNStem(cfg), CTRGCNStem(cfg)
+        if cfg.shared_input_bn: self.data_bn = nn.BatchNorm1d(M * V * C)
+        self.gcn_t, self.gcn_s = CTRGCNStem(cfg, not cfg.shared_input_bn), CTRGCNStem(cfg, not cfg.shared_input_bn)
         self.t_embed, self.s_embed = _token_mlp(M * V * Cl, cfg.hidden), _token_mlp(T * Cl, cfg.hidden)
         self.t_tr, self.s_tr = _transformer(cfg), _transformer(cfg)
         self.t_proj = _projector(cfg.hidden, cfg.hidden, cfg.feature_dim)
         self.s_proj = _projector(cfg.hidden, cfg.hidden, cfg.feature_dim)
         self.i_proj = _projector(2 * cfg.hidden, cfg.hidden, cfg.feature_dim)
+        if cfg.upstream_init: scdnet_init_(self)
 
     def check_input(self, x):
         cfg = self.config
@@ -1084,12 +1121,12 @@ class SCDNetEncoder(nn.Module):
             raise ValueError(f'expected a batch (N, {", ".join(map(str, want))}) for this SCD-Net config, got {tuple(x.shape)}')
 
     def stems(self, x):
-        "Input BN over (M, V, C) channels, then both stems: two `(N*M, C', T, V)` maps."
+        "Input BN over (M, V, C) channels (each stem its own), then both stems: two `(N*M, C', T, V)` maps."
         self.check_input(x)
-        N, C, T, V, M = x.shape
-        h = self.data_bn(rearrange(x, 'n c t v m -> n (m v c) t'))
-        h = rearrange(h, 'n (m v c) t -> (n m) c t v', m=M, v=V)
-        return self.gcn_t(h), self.gcn_s(h)
+        if self.config.shared_input_bn:
+            h = _input_bn(self.data_bn, x)
+            return self.gcn_t(h), self.gcn_s(h)
+        return self.gcn_t(_input_bn(self.gcn_t.data_bn, x)), self.gcn_s(_input_bn(self.gcn_s.data_bn, x))
 
     def features(self, x):
         "The two 2048-d (`hidden`) branch features `v_t`, `v_s` (max over tokens)."
@@ -1105,3 +1142,42 @@ class SCDNetEncoder(nn.Module):
         "Branch features and the three projections: dict with v_t, v_s, z_t, z_s, z_i."
         v_t, v_s = self.features(x)
         return dict(v_t=v_t, v_s=v_s, z_t=self.t_proj(v_t), z_s=self.s_proj(v_s), z_i=self.i_proj(torch.cat([v_t, v_s], 1)))
+
+# %% ../nbs/06_encoders.ipynb #5d6d3e80
+import re
+
+_SCD_RENAMES = ((r'^encoder\.', ''), (r'^channel_t\.', 't_embed.'), (r'^channel_s\.', 's_embed.'),
+                (r'^t_encoder\.', 't_tr.'), (r'^s_encoder\.', 's_tr.'),
+                (r'^(gcn_[ts])\.l(\d+)\.', lambda m: f'{m[1]}.blocks.{int(m[2]) - 1}.'),
+                (r'\.gcn1\.', '.gcn.'), (r'\.tcn1\.', '.tcn.'),
+                (r'(\.tcn\.branches\.\d+)\.3\.conv\.', r'\1.3.'), (r'(\.tcn\.branches\.\d+)\.3\.bn\.', r'\1.4.'),
+                (r'\.residual\.conv\.', '.residual.0.'), (r'\.residual\.bn\.', '.residual.1.'),
+                (r'(\.convs\.\d+)\.conv([12])\.', lambda m: f'{m[1]}.conv{3 - int(m[2])}.'))
+
+def convert_scdnet_state_dict(sd: dict, # upstream encoder keys (`encoder.gcn_t.l1...`, `t_proj...`), prefix already stripped
+                             ) -> dict:    # the same weights under this library's keys and parametrisation
+    "Rename an upstream SCD-Net encoder state_dict; `PA` transposed, CTR-GC `conv1`/`conv2` swapped, `conv4.weight` negated."
+    out = {}
+    for key, v in sd.items():
+        new = key
+        for pat, rep in _SCD_RENAMES: new = re.sub(pat, rep, new)
+        if new.endswith('.gcn.PA'): v = v.transpose(-1, -2).contiguous()
+        elif re.search(r'\.convs\.\d+\.conv4\.weight$', new): v = -v
+        out[new] = v
+    return out
+
+def load_scdnet_checkpoint(model: nn.Module,          # an `SCDNetEncoder` (per-stem input batch norms)
+                           src,                       # path of a `.pt` file, or a state_dict
+                           prefix: str = 'encoder_q.', # encoder to take ('' for a downstream checkpoint)
+                           strict: bool = True, ignore: tuple = ()) -> dict:
+    "Load a released SCD-Net / A2MC encoder into `model`; the report of `load_upstream_checkpoint`."
+    if getattr(getattr(model, 'config', None), 'shared_input_bn', False):
+        raise ValueError('load_scdnet_checkpoint: the checkpoint has one input batch norm per stem; build the encoder with shared_input_bn=False')
+    where = str(src) if isinstance(src, (str, Path)) else 'state_dict'
+    if isinstance(src, (str, Path)):
+        if not Path(src).is_file(): raise FileNotFoundError(f'checkpoint file not found: {src}')
+        src = torch.load(src, map_location='cpu', weights_only=True)
+    sd = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in _unwrap_state_dict(src, where).items()}
+    picked = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    if not picked: raise KeyError(f'{where}: no key starts with {prefix!r}; prefixes present: {sorted({k.split(".")[0] + "." for k in sd})}')
+    return load_upstream_checkpoint(model, convert_scdnet_state_dict(picked), prefix='', strict=strict, ignore=ignore)

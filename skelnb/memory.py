@@ -245,12 +245,14 @@ class AdversarialBank(nn.Module):
     @torch.no_grad()
     def loss_gradient(self, q: torch.Tensor,     # queries `(N, d)`, unit rows
                       k_pos: torch.Tensor,       # positive keys `(N, d)`, unit rows
+                      reference: torch.Tensor | None = None, # normalised columns `(d, K)` for the softmax and the projection; None: the current bank
                      ) -> tuple:                 # (dL/dW `(d, K)`, the loss L)
-        "Closed-form gradient of the batch-mean InfoNCE (temperature tau_m) with respect to `W`."
+        "Closed-form gradient of the batch-mean InfoNCE (temperature tau_m) with respect to `W` (the norm is always the current one)."
         if q.ndim != 2 or q.shape[1] != self.dim or k_pos.shape != q.shape:
             raise ValueError(f'q and k_pos must both be (N, {self.dim}); got {tuple(q.shape)} and {tuple(k_pos.shape)}')
         q, k_pos = q.to(self.W), k_pos.to(self.W)   # the bank's device and dtype
-        D = self.normalized
+        D = self.normalized if reference is None else reference.to(self.W)
+        if D.shape != self.W.shape: raise ValueError(f'reference must be ({self.dim}, {self.size}), got {tuple(D.shape)}')
         logits = torch.cat([(q * k_pos).sum(1, keepdim=True), q @ D], 1) / self.temperature
         log_p = F.log_softmax(logits, 1)
         p = log_p[:, 1:].exp()                                     # (N, K) probabilities of the negatives
@@ -262,13 +264,22 @@ class AdversarialBank(nn.Module):
     @torch.no_grad()
     def update(self, q: torch.Tensor,     # this process's queries `(N, d)` (gathered across processes)
                k_pos: torch.Tensor,       # this process's positive keys `(N, d)`
+               reference: torch.Tensor | None = None, # see `loss_gradient`
               ) -> torch.Tensor:          # the bank's loss before the step
         "One AdCo ascent step: v <- momentum v - dL/dW + weight_decay W;  W <- W - lr v."
         q, k_pos = concat_all_gather(q.detach()), concat_all_gather(k_pos.detach())
-        grad, loss = self.loss_gradient(q, k_pos)
+        grad, loss = self.loss_gradient(q, k_pos, reference)
         self.v.mul_(self.momentum).add_(-grad + self.weight_decay * self.W)
         self.W.sub_(self.lr * self.v)
         return loss
+
+    @torch.no_grad()
+    def update_many(self, pairs,              # [(queries, positive keys), ...]: one ascent step each, in order
+                    released: bool = True,    # False: every step re-reads the bank as it stands (plain sequential steps)
+                   ) -> list:                 # the bank's loss of each step
+        "Several ascent steps in one training step; as released, softmax and directions come from the bank before the first."
+        ref = self.normalized if released else None
+        return [self.update(q, k_pos, ref) for q, k_pos in pairs]
 
     @torch.no_grad()
     def fill(self, keys: torch.Tensor,  # this process's keys `(B, d)` (gathered across processes, then normalised)

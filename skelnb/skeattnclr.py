@@ -47,13 +47,16 @@ class SkeAttnCLRConfig:
     swap_chunks: tuple = (4, 7)      # part swap: contiguous chunks swapped, U{low..high}
     swap_chunk: int = 4              # part swap: frames per chunk
     swap_shared: bool = True         # one swapped region for the whole batch (upstream) or one per sample
-    upstream_init: bool = False      # re-initialise like upstream (N(0, 0.02) weights), then copy query -> key
+    graph: str = 'agcn'              # ST-GCN graph: 'agcn' (the released net/st_gcn.py) or 'spatial' (SkeletonCLR's partition)
+    upstream_init: bool = True       # upstream's weights_init: conv/linear N(0, 0.02), BN weights N(1, 0.02) (False: PyTorch's)
+    independent_key: bool = True     # with upstream_init: the key side gets its own draw, as upstream (False: a copy of the query)
 
     def __post_init__(self):
         self.swap_parts, self.swap_chunks = tuple(int(v) for v in self.swap_parts), tuple(int(v) for v in self.swap_chunks)
         def check(ok, field, msg):
             if not ok: raise ValueError(f'SkeAttnCLRConfig.{field}={getattr(self, field)!r}: {msg}')
         check(self.stream in STREAMS, 'stream', f'expected one of {STREAMS}')
+        check(self.graph in ('agcn', 'spatial'), 'graph', "expected 'agcn' or 'spatial'")
         try: L = get_layout(self.layout)
         except Exception as e: raise ValueError(f'SkeAttnCLRConfig.layout={self.layout!r}: {e}') from None
         for name in ('frames', 'in_channels', 'hidden_channels', 'hidden_dim', 'feature_dim', 'predictor_hidden', 'heads',
@@ -98,7 +101,8 @@ class SkeAttnEncoder(nn.Module):
     def __init__(self, cfg: SkeAttnCLRConfig):
         super().__init__()
         self.backbone = STGCN('skeattnclr', in_channels=cfg.in_channels, hidden_channels=cfg.hidden_channels,
-                              hidden_dim=cfg.hidden_dim, head='none', layout=cfg.layout, dropout=cfg.dropout)
+                              hidden_dim=cfg.hidden_dim, head='none', layout=cfg.layout, dropout=cfg.dropout,
+                              strategy=cfg.graph)
         self.neck = AttentionMaskNeck(cfg.hidden_dim, cfg.heads, cfg.lam, cfg.qkv_bias)
         self.projector = skeattnclr_projector(cfg.hidden_dim, cfg.feature_dim)
 
@@ -132,10 +136,11 @@ class SkeAttnCLR(SSLMethod):
         self.predictor = skeattnclr_predictor(cfg.feature_dim, cfg.predictor_hidden)      # global
         self.predictor_s = skeattnclr_predictor(cfg.feature_dim, cfg.predictor_hidden)    # salient
         self.predictor_ns = skeattnclr_predictor(cfg.feature_dim, cfg.predictor_hidden)   # non-salient
-        if cfg.upstream_init:   # upstream re-initialises after building; here the key side is copied afterwards
-            g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)
+        if cfg.upstream_init:   # upstream applies weights_init to the whole model after building it
             for m in (self.encoder_q, self.predictor, self.predictor_s, self.predictor_ns): upstream_init_(m, g)
         self.encoder_k = init_momentum_encoder(copy.deepcopy(self.encoder_q), self.encoder_q)
+        if cfg.upstream_init and cfg.independent_key: upstream_init_(self.encoder_k, g)   # the key side included
         self.queue = MoCoQueue(cfg.feature_dim, cfg.queue_size, generator=torch.Generator().manual_seed(seed))
         self.last_momentum = None   # the momentum of the latest EMA step
 

@@ -11,8 +11,8 @@ import torch
 # %% auto #0
 __all__ = ['NTU_JOINT_NAMES', 'NTU_BONES_1BASED', 'NTU_REST_POSE', 'NTU25', 'KINECT_V1', 'MSR20', 'LAYOUTS', 'STREAMS', 'Layout',
            'mirror_from_pairs', 'register_layout', 'get_layout', 'layout_conversion_index', 'convert_layout',
-           'hop_distance', 'normalize_columns', 'Graph', 'joint_to_motion', 'motion_to_joint', 'joint_to_bone',
-           'ancestor_matrix', 'bone_to_joint', 'to_stream']
+           'hop_distance', 'normalize_columns', 'Graph', 'agcn_graph', 'joint_to_motion', 'motion_to_joint',
+           'joint_to_bone', 'ancestor_matrix', 'bone_to_joint', 'to_stream']
 
 # %% ../nbs/00_skeleton.ipynb #8e49b4ec
 @dataclass(frozen=True)
@@ -224,7 +224,7 @@ class Graph:
     "The ST-GCN adjacency of a layout: `A` has shape `(K, V, V)`, `A[k, j, i]` weighs joint j's message to joint i."
     def __init__(self,
                  layout='ntu25',            # layout name or `Layout`
-                 strategy: str = 'spatial', # 'uniform', 'distance' or 'spatial'
+                 strategy: str = 'spatial', # 'uniform', 'distance', 'spatial' or 'agcn' (see `agcn_graph`)
                  max_hop: int = 1,          # largest hop distance connected
                  dilation: int = 1,         # keep hops 0, d, 2d, ... <= max_hop
                  true_center_distance: bool = False, # use real distances to the centre (the paper) instead of upstream's
@@ -239,7 +239,10 @@ class Graph:
         for h in valid_hops: adjacency[self.hop_dis == h] = 1
         norm = normalize_columns(adjacency)
         to_center = (hop_distance(V, self.edges, V)[:, c] if true_center_distance else self.hop_dis[:, c])
-        if strategy == 'uniform':
+        if strategy == 'agcn':
+            if max_hop != 1 or dilation != 1: raise ValueError(f"strategy 'agcn' has one hop and no dilation, got max_hop={max_hop}, dilation={dilation}")
+            A = agcn_graph(self.layout)
+        elif strategy == 'uniform':
             A = norm[None]
         elif strategy == 'distance':
             A = np.stack([np.where(self.hop_dis == h, norm, 0) for h in valid_hops])
@@ -254,13 +257,22 @@ class Graph:
                 parts += [root] if h == 0 else [root + close, further]
             A = np.stack(parts)
         else:
-            raise ValueError(f"strategy must be 'uniform', 'distance' or 'spatial', got {strategy!r}")
+            raise ValueError(f"strategy must be 'uniform', 'distance', 'spatial' or 'agcn', got {strategy!r}")
         self.A = A.astype(np.float32)
 
     @property
     def num_partitions(self) -> int: return self.A.shape[0]
 
     def __repr__(self): return f'Graph({self.layout.name!r}, {self.strategy!r}, A {tuple(self.A.shape)})'
+
+# %% ../nbs/00_skeleton.ipynb #86579669
+def agcn_graph(layout='ntu25', # layout name or `Layout`
+              ) -> np.ndarray: # (3, V, V) float32: identity, normalised inward, normalised outward
+    "The 2s-AGCN / CTR-GCN graph of a layout (upstream `tools.get_spatial_graph`), in upstream's storage order."
+    L = get_layout(layout); V = L.num_joints
+    inward = np.zeros((V, V))
+    for child, parent in L.bones: inward[parent, child] = 1   # upstream's pair (child, parent) stored at [parent, child]
+    return np.stack([np.eye(V), normalize_columns(inward), normalize_columns(inward.T)]).astype(np.float32)
 
 # %% ../nbs/00_skeleton.ipynb #140a0314
 def _zeros_like(x): return torch.zeros_like(x) if isinstance(x, torch.Tensor) else np.zeros_like(x)

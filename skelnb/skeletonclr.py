@@ -187,13 +187,15 @@ class SkeletonCLR(_MoCoBase):
 
     def stream(self, x): return to_stream(x, self.config.stream, self.config.layout)
 
-    def embed(self, x_q, x_k) -> tuple:
-        "Unit query and key embeddings of two augmented views; the key encoder takes its EMA step first, without gradient."
-        q = _unit(self.encoder_q(self.stream(x_q)))
+    def key(self, x_k) -> torch.Tensor:
+        "Unit key embeddings of an augmented view; the key encoder takes its EMA step first, without gradient."
         with torch.no_grad():
             momentum_update(self.encoder_k, self.encoder_q, self.config.momentum)
-            k = _unit(self.encoder_k(self.stream(x_k)))
-        return q, k
+            return _unit(self.encoder_k(self.stream(x_k)))
+
+    def embed(self, x_q, x_k) -> tuple:
+        "Unit query and key embeddings of two augmented views (query first, then the EMA step and the key)."
+        return _unit(self.encoder_q(self.stream(x_q))), self.key(x_k)
 
     def training_step(self, batch: dict, epoch: int) -> dict:
         x = self.check_input(batch['x'])
@@ -325,15 +327,14 @@ class CrosSCLR(_MoCoBase):
         return epoch >= self.config.switch_epoch
 
     def embed(self, x_q, x_k, cross: bool = False) -> tuple:
-        "Per-stream unit queries and keys `({view: q}, {view: k})`; key encoders take their EMA step first."
+        "Per-stream unit queries and keys `({view: q}, {view: k})`; every key encoder's EMA step comes before any key."
         c = self.config
         qs = {v: _unit(self.encoders(v)[0](to_stream(x_q, v, c.layout))) for v in c.views}
-        ks = {}
         with torch.no_grad():
-            for v in c.views:
+            for v in c.views:   # all EMA steps first, then all keys (upstream order; it matters when heads are shared)
                 enc_q, enc_k = self.encoders(v)
                 if not (cross and c.key_update_quirk and v != 'motion'): momentum_update(enc_k, enc_q, c.momentum)
-                ks[v] = _unit(enc_k(to_stream(x_k, v, c.layout)))
+            ks = {v: _unit(self.encoders(v)[1](to_stream(x_k, v, c.layout))) for v in c.views}
         return qs, ks
 
     def training_step(self, batch: dict, epoch: int) -> dict:

@@ -30,8 +30,8 @@ __all__ = ['TRAIN_PRESETS', 'CHECKPOINT_FORMAT', 'FAST_ALLOCATOR_ENV', 'seed_eve
            'LRSchedule', 'CheckpointError', 'atomic_write', 'atomic_save', 'checkpoint_path', 'list_checkpoints',
            'latest_checkpoint', 'read_checkpoint', 'load_method_weights', 'dist_env', 'resolve_device',
            'init_distributed', 'cleanup_distributed', 'peak_rss_mb', 'build_optimizer', 'wrap_ddp', 'Trainer',
-           'method_config', 'run_pretraining', 'run_toy_ddp', 'allocator_reexec_command', 'ensure_fast_allocator',
-           'bench_allocator', 'bench_trainer']
+           'method_config', 'embedding_stats', 'run_pretraining', 'run_toy_ddp', 'allocator_reexec_command',
+           'ensure_fast_allocator', 'bench_allocator', 'bench_trainer']
 
 # %% ../nbs/11_train.ipynb #d926c91a
 def seed_everything(seed: int, # any non-negative integer
@@ -230,6 +230,8 @@ class TrainConfig:
     keep_last: int = 2               # newest checkpoints kept (0 keeps all)
     resume: Optional[str] = None     # None, 'auto' (newest checkpoint in out_dir) or a checkpoint path
     monitor_every: int = 10          # epochs between monitor calls (and the last epoch)
+    collapse_batch: int = 64         # clips of the fixed batch whose `encode` features are checked for collapse each epoch (0: off)
+    collapse_threshold: float = 0.01 # warn when the std of the unit features is below this times 1/sqrt(d)
     log_every: int = 10              # optimizer steps between progress-bar refreshes
     progress: bool = True            # show a progress bar (rank 0 only)
 
@@ -247,6 +249,7 @@ class TrainConfig:
         check(0 <= self.warmup_epochs < self.epochs, f'warmup_epochs={self.warmup_epochs} must be in [0, epochs={self.epochs})')
         check(list(self.milestones) == sorted(self.milestones), f'milestones={self.milestones} must be increasing')
         check(self.lr > 0, f'lr={self.lr} must be > 0')
+        check(self.collapse_batch >= 0 and self.collapse_threshold >= 0, 'collapse_batch and collapse_threshold must be >= 0')
 
     def effective_batch(self, world_size: int = 1) -> int:
         "Samples per optimizer step: batch_size x accumulate x world_size."
@@ -722,6 +725,55 @@ def save_checkpoint(self: Trainer, path=None) -> Optional[Path]:
         for old in list_checkpoints(self.out_dir)[:-self.config.keep_last]: old.unlink()
     return Path(path)
 
+# %% ../nbs/11_train.ipynb #38068057
+def embedding_stats(z: torch.Tensor,                    # features `(n, d)` (normalised here)
+                    z_pos: torch.Tensor | None = None,  # features of positives `(n, d)`: adds `emb_alignment`
+                   ) -> dict:                           # emb_std, emb_uniformity, emb_rank, emb_cos (+ emb_alignment)
+    "Collapse statistics of a batch of features: per-dimension std, uniformity, effective rank, mean pair cosine."
+    if z.ndim != 2 or len(z) < 2: raise ValueError(f'embedding_stats needs features (n >= 2, d), got {tuple(z.shape)}')
+    z = F.normalize(z.detach().double(), dim=1)
+    n = len(z)
+    off = ~torch.eye(n, dtype=torch.bool, device=z.device)
+    sq = torch.cdist(z, z).pow(2)[off]
+    s = torch.linalg.svdvals(z - z.mean(0))
+    p = s / s.sum().clamp_min(1e-300)
+    rank = torch.exp(-(p * torch.log(p.clamp_min(1e-300))).sum()) if s.sum() > 1e-12 else torch.ones(())
+    out = {'emb_std': z.std(0).mean().item(), 'emb_uniformity': torch.log(torch.exp(-2 * sq).mean()).item(),
+           'emb_rank': rank.item(), 'emb_cos': (z @ z.t())[off].mean().item()}
+    if z_pos is not None: out['emb_alignment'] = (z - F.normalize(z_pos.detach().double(), dim=1)).pow(2).sum(1).mean().item()
+    return out
+
+# %% ../nbs/11_train.ipynb #9a4aa109
+def _stack_samples(dataset, idx) -> tuple:
+    items = [dataset[int(i)] for i in idx]
+    x = torch.stack([torch.as_tensor(it['x']) for it in items])
+    return x, (torch.stack([torch.as_tensor(it['length']) for it in items]) if 'length' in items[0] else None)
+
+@patch
+def _collapse_check(self: Trainer, epoch: int) -> dict:
+    "`embedding_stats` of `method.encode` on the fixed batch (eval mode, no gradients, random states untouched); warns on collapse."
+    cfg, method = self.config, self.method
+    if not callable(getattr(method, 'encode', None)): return {}
+    if getattr(self, '_collapse_x', None) is None:
+        n = len(self.dataset); idx = np.unique(np.linspace(0, n - 1, min(cfg.collapse_batch, n)).round().astype(int))
+        if len(idx) < 2: return {}
+        self._collapse_x = _stack_samples(self.dataset, idx)[0]
+    states, was_training = get_rng_states(), method.training
+    method.eval()
+    try:
+        with torch.no_grad(): z = method.encode(self._collapse_x.to(self.device))
+    except NotImplementedError: return {}         # a method without features (the base class's `encode`)
+    finally:
+        method.train(was_training); set_rng_states(states)
+    stats = embedding_stats(z.float().flatten(1))
+    limit = cfg.collapse_threshold / math.sqrt(z.flatten(1).shape[1])
+    stats['collapsed'] = float(stats['emb_std'] < limit)
+    if stats['collapsed']:
+        warnings.warn(f'epoch {epoch}: the embeddings collapsed: std of the unit features {stats["emb_std"]:.2e} < '
+                      f'{limit:.2e} (collapse_threshold {cfg.collapse_threshold} / sqrt(d), d = {z.flatten(1).shape[1]}); '
+                      f'mean pair cosine {stats["emb_cos"]:.4f}')
+    return stats
+
 # %% ../nbs/11_train.ipynb #279e548f
 _TRAJECTORY_FIELDS = ('epochs', 'batch_size', 'accumulate', 'optimizer', 'lr', 'momentum', 'weight_decay', 'nesterov',
                       'schedule', 'milestones', 'gamma', 'warmup_epochs', 'min_lr', 'amp', 'seed', 'drop_last', 'max_grad_norm')
@@ -782,6 +834,7 @@ def fit(self: Trainer, stop_at: Optional[int] = None, # stop after this many com
             bar.set_description(f'epoch {epoch + 1}/{cfg.epochs}')
             row = self._train_epoch(epoch, bar)
             self.epoch = epoch + 1
+            if cfg.collapse_batch and self.is_main: row.update(self._collapse_check(self.epoch))
             if self.monitor is not None and self.is_main and (self.epoch % cfg.monitor_every == 0 or self.epoch == cfg.epochs):
                 row.update(self._run_monitor(self.epoch))
             self.history.append(row)

@@ -48,7 +48,7 @@ def test_lesson_shapes():
     m.eval()
     with torch.no_grad(): f = m.encode(b['x'], b['length'])
     assert f.shape == (8, 2 * m.encoder_q.config.hidden) == (8, m.feature_dim_out)
-    assert isinstance(m.backbone, SCDNetBackbone) and m.backbone.data_bn is m.encoder_q.data_bn
+    assert isinstance(m.backbone, SCDNetBackbone) and m.backbone.gcn_t.data_bn is m.encoder_q.gcn_t.data_bn
     assert not any(k.split('.')[0].endswith('_proj') for k in m.backbone.state_dict())
 
 
@@ -156,10 +156,10 @@ def test_cosine_momentum_schedule():
     m = A2MC(lesson(bank_warmup=False, momentum=0.9, momentum_schedule='cosine'))
     assert m.momentum_at(0, 10) == pytest.approx(0.9) and m.momentum_at(10, 10) == pytest.approx(1.0)
     assert m.momentum_at(3, None) == pytest.approx(0.9)
-    with torch.no_grad(): m.encoder_q.data_bn.bias.add_(1.0)
-    k0 = m.encoder_k.data_bn.bias.clone()
+    with torch.no_grad(): m.encoder_q.gcn_t.data_bn.bias.add_(1.0)
+    k0 = m.encoder_k.gcn_t.data_bn.bias.clone()
     m.after_optimizer_step(5, 10)          # m = 0.95
-    assert torch.allclose(m.encoder_k.data_bn.bias - k0, 0.05 * (m.encoder_q.data_bn.bias - k0), atol=1e-6)
+    assert torch.allclose(m.encoder_k.gcn_t.data_bn.bias - k0, 0.05 * (m.encoder_q.gcn_t.data_bn.bias - k0), atol=1e-6)
 
 
 # ---------------------------------------------------------------- training and resume
@@ -218,3 +218,45 @@ def test_bad_config_values_name_the_field(kw, field):
         A2MCConfig(**kw)
     with pytest.raises(TypeError):
         A2MC(config='lesson')
+
+
+# ---------------------------------------------------------------- the banks' ascent step, as released
+
+def released_bank_step(W, v, q, kp, l_neg, Wn, lr=3.0, mom=0.9, wd=1e-4, t=0.03):
+    "One bank update of the released A2MC code (scd/builder.py), transcribed: `l_neg` and `Wn` come from the forward pass."
+    logits = torch.cat([(q * kp).sum(1, keepdim=True), l_neg], 1) / t
+    p = torch.softmax(logits, 1)[:, 1:]
+    g = q.t() @ p / logits.shape[0] - (p * l_neg).mean(0) * Wn
+    g = -g / W.norm(dim=0) / t           # W is the bank as it stands now (the released code swaps W.data in place)
+    v = mom * v + g + wd * W
+    return W - lr * v, v
+
+
+def test_bank_updates_match_the_released_order():
+    seed_everything(0)
+    m = A2MC(lesson(bank_warmup=False, bank_size=64)).double()
+    b = batch_of(); b['x'] = b['x'].double()
+    seen = {}
+    embed = m.embed
+    def recording_embed(x, which='q'):
+        out = embed(x, which); seen[which] = {k: v.detach().clone() for k, v in out.items()}; return out
+    m.embed = recording_embed
+    for bank in m.banks.values(): bank.v.normal_()          # a non-zero momentum buffer, so its use is checked too
+    W0 = {k: bank.W.clone() for k, bank in m.banks.items()}; v0 = {k: bank.v.clone() for k, bank in m.banks.items()}
+    m.training_step(b, 0)
+    q, k = seen['q'], seen['k']
+    Wn = {n: F.normalize(W0[n], dim=0) for n in W0}
+    # the forward pass: all four negatives' logits from the old banks
+    terms = [('i', q['t'], k['i']), ('i', q['s'], k['i']), ('t', q['i'], k['t']), ('s', q['i'], k['s'])]
+    negs = [qq @ Wn[n] for n, qq, _ in terms]
+    W, v = dict(W0), dict(v0)
+    for (n, qq, kk), l_neg in zip(terms, negs):
+        W[n], v[n] = released_bank_step(W[n], v[n], qq, kk, l_neg, Wn[n])
+    for n in W0:
+        rel = ((m.banks[n].W - W[n]).norm() / W[n].norm()).item()
+        assert rel < 1e-10, (n, rel)
+        assert torch.allclose(m.banks[n].v, v[n], atol=1e-10)
+    # the instance bank's second step differs clearly when it re-reads the updated bank
+    seq = copy.deepcopy(m.banks['i']); seq.W.copy_(W0['i']); seq.v.copy_(v0['i'])
+    seq.update_many([(q['t'], k['i']), (q['s'], k['i'])], released=False)
+    assert ((seq.W - W['i']).norm() / W['i'].norm()).item() > 1e-6

@@ -53,11 +53,11 @@ def by_hand(method, batch, epoch, seed):
     xq, xk = normal_view()(batch['x'], g), normal_view()(batch['x'], g)
     xe = aimclr_extreme(c.aug_method)(batch['x'], g)
     enc = twin.encoder_q
+    z = F.normalize(enc(s(xq)), dim=1)                   # upstream order: the normal query, then the extreme view
     h = enc(s(xe), output='map')                         # (N*M, C, T', V)
     pool = lambda fmap: fmap.mean((2, 3)).view(len(xe), xe.shape[-1], -1).mean(1)
     ze = F.normalize(enc.fc(pool(h)), dim=1)
     zd = F.normalize(enc.fc(pool(eadm_drop(h, c.keep_prob, c.eadm_lambda, c.eadm_legacy))), dim=1)
-    z = F.normalize(enc(s(xq)), dim=1)
     with torch.no_grad():
         momentum_update(twin.encoder_k, enc, c.momentum)
         k = F.normalize(twin.encoder_k(s(xk)), dim=1)
@@ -178,3 +178,38 @@ def test_bad_input(batch):
     with pytest.raises(ValueError, match='expected 25 joints'): m.training_step({'x': x[..., :20, :]}, 0)
     with pytest.raises(ValueError, match='expected 50 frames'): m.encode(x[:, :, :10])
     with pytest.raises(TypeError, match='expected a config of type AimCLRConfig'): AimCLR(skeletonclr_config())
+
+
+def _bn_running_stats(encoder):
+    return {k: v.clone() for k, v in encoder.state_dict().items() if 'running_' in k}
+
+
+@pytest.mark.parametrize('dropout', [0.0, 0.5])
+def test_bn_running_stats_follow_upstream_order(batch, dropout):
+    "Levigty/AimCLR net/aimclr.py forward: q = encoder_q(im_q), then encoder_q(im_q_extreme, drop=True), then EMA and key."
+    m = make(dropout=dropout).double()
+    x = batch['x'].double()
+    stats = {}
+    for order in ('upstream', 'extreme_first'):
+        twin = copy.deepcopy(m)
+        torch.manual_seed(5); twin.seed(5)
+        g = twin.rng('cpu')
+        xq, xk = normal_view()(x, g), normal_view()(x, g)
+        xe = aimclr_extreme(m.config.aug_method)(x, g)
+        enc = twin.encoder_q
+        extreme = lambda: enc.fc(enc.pool(eadm_drop(enc(xe, output='map'), 0.7, 1e-4), x.shape[-1]))
+        if order == 'upstream': enc(xq); extreme()
+        else: extreme(); enc(xq)
+        with torch.no_grad():
+            momentum_update(twin.encoder_k, enc, m.config.momentum)
+            twin.encoder_k(xk)
+        stats[order] = (_bn_running_stats(enc), _bn_running_stats(twin.encoder_k))
+    torch.manual_seed(5); m.seed(5); m.training_step({'x': x}, 0)
+    got = (_bn_running_stats(m.encoder_q), _bn_running_stats(m.encoder_k))
+    for mine, want, other in zip(got, stats['upstream'], stats['extreme_first']):
+        assert mine.keys() == want.keys() and len(mine) > 20
+        for k in mine: torch.testing.assert_close(mine[k], want[k], rtol=0, atol=1e-13)
+    # the other order leaves the query's statistics measurably elsewhere (the test can tell the orders apart)
+    rel = [((stats['extreme_first'][0][k] - stats['upstream'][0][k]).norm() / stats['upstream'][0][k].norm()).item()
+           for k in stats['upstream'][0] if 'running_var' in k]
+    assert max(rel) > 1e-3

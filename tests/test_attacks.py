@@ -301,3 +301,29 @@ def test_cuda_parity(setup):
     a = pgd(model, x, y, eps=1e-3, steps=2, generator=gen(4))
     b = pgd(copy.deepcopy(model).cuda(), x.cuda(), y.cuda(), eps=1e-3, steps=2, generator=gen(4))
     torch.testing.assert_close(a, b.cpu())
+
+
+def test_input_gradients_reach_absent_persons_in_eval_mode():
+    "ST-GCN's eval-mode sharing of absent persons cuts their input gradient; the guard and input_gradient switch it off."
+    from dataclasses import replace
+    from skelnb.encoders import STGCN
+    from skelnb.attacks import input_gradient, attack_guard, encode_every_person, pgd
+    torch.manual_seed(0)
+    shared = STGCN('tiny', head='linear', num_class=3).eval()
+    every = STGCN(replace(shared.config, share_absent_eval=False)).eval(); every.load_state_dict(shared.state_dict())
+    x = torch.zeros(2, 3, 10, 25, 2); x[..., 0] = torch.randn(2, 3, 10, 25)
+    y = torch.tensor([0, 2])
+    def plain(model):
+        xg = x.clone().requires_grad_(True); F.cross_entropy(model(xg), y).backward(); return xg.grad
+    assert plain(shared)[..., 1].abs().max() == 0            # the documented pitfall
+    g_true = plain(every)
+    assert g_true[..., 1].abs().max() > 0
+    assert torch.allclose(input_gradient(shared, x, y)[1], g_true, atol=1e-6)
+    assert shared.config.share_absent_eval is True
+    with attack_guard(shared, mode='eval'): assert shared.config.share_absent_eval is False
+    with attack_guard(shared, share_absent=True): assert shared.config.share_absent_eval is True
+    with encode_every_person(torch.nn.Sequential(shared)): assert shared.config.share_absent_eval is False
+    assert shared.config.share_absent_eval is True
+    # an eval-mode PGD step moves the absent person where the true gradient is non-zero
+    adv = pgd(shared, x, y, eps=1e-3, steps=1, step_size=1e-3, random_start=False, mode="eval")
+    assert (adv - x)[..., 1].abs().max() > 0

@@ -517,3 +517,191 @@ def test_absent_person_sharing_is_exact():
     assert h.shape[0] == 6 and rows.tolist() == [0, 5, 1, 5, 2, 3, 4, 5]
     shared.train()
     assert shared.person_features(x)[1] is None          # training: every row is encoded (batch statistics, dropout)
+
+
+# ---------------------------------------------------------------- SCD-Net: released graph, initialisation, checkpoints
+# A transcription of the released modules (SCD-Net / A2MC model/ctrgcn.py and scd/scd_encoder.py), parametrised in
+# widths so a small instance runs on the CPU. Their state_dict is the upstream layout, built by hand.
+import numpy as _np
+import torch.nn as _nn
+from einops import rearrange as _rearrange
+from skelnb.encoders import convert_scdnet_state_dict, load_scdnet_checkpoint, scdnet_init_, CTRGraphConv, MultiScaleTemporalConv
+
+
+def _up_graph():
+    inward = [(1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21), (10, 9), (11, 10), (12, 11), (13, 1),
+              (14, 13), (15, 14), (16, 15), (17, 1), (18, 17), (19, 18), (20, 19), (22, 23), (23, 8), (24, 25), (25, 12)]
+    inward = [(i - 1, j - 1) for i, j in inward]
+    def e2m(link):
+        A = _np.zeros((25, 25))
+        for i, j in link: A[j, i] = 1
+        return A
+    def nd(A):
+        d = A.sum(0); return A @ _np.diag(_np.where(d > 0, 1 / _np.where(d > 0, d, 1), 0))
+    return _np.stack([e2m([(i, i) for i in range(25)]), nd(e2m(inward)), nd(e2m([(j, i) for i, j in inward]))]).astype(_np.float32)
+
+
+class _UpCTRGC(_nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        rel = 8 if cin in (3, 9) else cin // 8
+        self.conv1, self.conv2 = _nn.Conv2d(cin, rel, 1), _nn.Conv2d(cin, rel, 1)
+        self.conv3, self.conv4 = _nn.Conv2d(cin, cout, 1), _nn.Conv2d(rel, cout, 1)
+    def forward(self, x, A, alpha):
+        x1, x2, x3 = self.conv1(x).mean(-2), self.conv2(x).mean(-2), self.conv3(x)
+        x1 = self.conv4(torch.tanh(x1.unsqueeze(-1) - x2.unsqueeze(-2))) * alpha + A[None, None]
+        return torch.einsum('ncuv,nctv->nctu', x1, x3)
+
+
+class _UpTemporal(_nn.Module):
+    def __init__(self, cin, cout, k, stride=1, dilation=1):
+        super().__init__()
+        self.conv = _nn.Conv2d(cin, cout, (k, 1), (stride, 1), ((k + (k - 1) * (dilation - 1) - 1) // 2, 0), (dilation, 1))
+        self.bn = _nn.BatchNorm2d(cout)
+    def forward(self, x): return self.bn(self.conv(x))
+
+
+class _UpMSTCN(_nn.Module):
+    def __init__(self, c, k=5, dilations=(1, 2)):
+        super().__init__()
+        bc = c // (len(dilations) + 2)
+        self.branches = _nn.ModuleList([_nn.Sequential(_nn.Conv2d(c, bc, 1), _nn.BatchNorm2d(bc), _nn.ReLU(), _UpTemporal(bc, bc, k, dilation=d)) for d in dilations])
+        self.branches.append(_nn.Sequential(_nn.Conv2d(c, bc, 1), _nn.BatchNorm2d(bc), _nn.ReLU(), _nn.MaxPool2d((3, 1), 1, (1, 0)), _nn.BatchNorm2d(bc)))
+        self.branches.append(_nn.Sequential(_nn.Conv2d(c, bc, 1), _nn.BatchNorm2d(bc)))
+    def forward(self, x): return torch.cat([b(x) for b in self.branches], 1)
+
+
+class _UpGCN(_nn.Module):
+    def __init__(self, cin, cout, A):
+        super().__init__()
+        self.convs = _nn.ModuleList([_UpCTRGC(cin, cout) for _ in range(3)])
+        self.down = _nn.Sequential(_nn.Conv2d(cin, cout, 1), _nn.BatchNorm2d(cout)) if cin != cout else None
+        self.PA = _nn.Parameter(torch.from_numpy(A)); self.alpha = _nn.Parameter(torch.zeros(1)); self.bn = _nn.BatchNorm2d(cout)
+    def forward(self, x):
+        y = sum(self.convs[i](x, self.PA[i], self.alpha) for i in range(3))
+        return torch.relu(self.bn(y) + (self.down(x) if self.down is not None else x))
+
+
+class _UpUnitTCN(_nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__(); self.conv = _nn.Conv2d(cin, cout, 1); self.bn = _nn.BatchNorm2d(cout)
+    def forward(self, x): return self.bn(self.conv(x))
+
+
+class _UpUnit(_nn.Module):
+    def __init__(self, cin, cout, A, residual=True):
+        super().__init__()
+        self.gcn1, self.tcn1 = _UpGCN(cin, cout, A), _UpMSTCN(cout)
+        self.res = residual
+        if residual and cin != cout: self.residual = _UpUnitTCN(cin, cout)
+    def forward(self, x):
+        r = 0 if not self.res else (self.residual(x) if hasattr(self, 'residual') else x)
+        return torch.relu(self.tcn1(self.gcn1(x)) + r)
+
+
+class _UpModel(_nn.Module):
+    def __init__(self, chans, M=2, V=25, C=3):
+        super().__init__()
+        A = _up_graph()
+        self.data_bn = _nn.BatchNorm1d(M * V * C)
+        self.l1, self.l2, self.l3 = _UpUnit(C, chans[0], A, False), _UpUnit(chans[0], chans[1], A), _UpUnit(chans[1], chans[2], A)
+    def forward(self, x):
+        N, C, T, V, M = x.size()
+        x = self.data_bn(x.permute(0, 4, 3, 1, 2).contiguous().view(N, M * V * C, T))
+        x = x.view(N, M, V, C, T).permute(0, 1, 3, 4, 2).contiguous().view(N * M, C, T, V)
+        return self.l3(self.l2(self.l1(x)))
+
+
+class _UpEncoder(_nn.Module):
+    "PretrainingEncoder: `encoder` (two stems, token MLPs, Transformers) and three projectors."
+    def __init__(self, chans, d, heads, T, feat, M=2, V=25):
+        super().__init__()
+        enc = _nn.Module()
+        enc.gcn_t, enc.gcn_s = _UpModel(chans, M, V), _UpModel(chans, M, V)
+        enc.channel_t = _nn.Sequential(_nn.Linear(M * V * chans[-1], d), _nn.LayerNorm(d), _nn.ReLU(True), _nn.Linear(d, d))
+        enc.channel_s = _nn.Sequential(_nn.Linear(T * chans[-1], d), _nn.LayerNorm(d), _nn.ReLU(True), _nn.Linear(d, d))
+        layer = _nn.TransformerEncoderLayer(d, heads, d, batch_first=True)
+        enc.t_encoder, enc.s_encoder = _nn.TransformerEncoder(layer, 1, enable_nested_tensor=False), _nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.encoder, self.M = enc, M
+        self.t_proj = _nn.Sequential(_nn.Linear(d, d), _nn.ReLU(True), _nn.Linear(d, feat))
+        self.s_proj = _nn.Sequential(_nn.Linear(d, d), _nn.ReLU(True), _nn.Linear(d, feat))
+        self.i_proj = _nn.Sequential(_nn.Linear(2 * d, d), _nn.ReLU(True), _nn.Linear(d, feat))
+    def forward(self, x):
+        e = self.encoder
+        vt = e.channel_t(_rearrange(e.gcn_t(x), '(B M) C T V -> B T (M V C)', M=self.M))
+        vs = e.channel_s(_rearrange(e.gcn_s(x), '(B M) C T V -> B (M V) (T C)', M=self.M))
+        vt, vs = e.t_encoder(vt).amax(1), e.s_encoder(vs).amax(1)
+        return self.t_proj(vt), self.s_proj(vs), self.i_proj(torch.cat([vt, vs], 1)), vt, vs
+
+
+def _scd_small(**kw):
+    return SCDNetEncoder('tiny', num_frames=8, stem_channels=(24, 32, 24), hidden=32, heads=4, ffn=32, feature_dim=16, **kw)
+
+
+def test_scdnet_graph_is_the_released_one():
+    model = SCDNetEncoder('tiny')
+    for block in model.gcn_t.blocks: assert torch.allclose(block.gcn.PA.detach(), torch.from_numpy(_up_graph()).transpose(-1, -2))
+
+
+def test_scdnet_upstream_checkpoint_loads_and_matches_the_released_forward():
+    torch.manual_seed(0)
+    up = _UpEncoder((24, 32, 24), 32, 4, 8, 16).double()
+    with torch.no_grad():   # random values everywhere (BN statistics too, alpha non-zero) so every mapping matters
+        for name, t in up.state_dict().items():
+            if t.is_floating_point(): t.copy_(torch.rand_like(t) + 0.5 if 'running_var' in name else torch.randn_like(t) * 0.3)
+    sd = {f'module.encoder_q.{k}': v for k, v in up.state_dict().items()} | {'module.encoder_k.t_proj.0.bias': torch.zeros(32)}
+    mine = _scd_small().double()
+    report = load_scdnet_checkpoint(mine, {'state_dict': sd})
+    assert report['missing'] == [] and report['unexpected'] == [] and report['mismatched'] == []
+    assert report['loaded'] == len(mine.state_dict())
+    up.eval(); mine.eval()
+    x = torch.randn(3, 3, 8, 25, 2, dtype=torch.float64)
+    with torch.no_grad():
+        zt, zs, zi, vt, vs = up(x); out = mine(x)
+    for a, b in ((out['v_t'], vt), (out['v_s'], vs), (out['z_t'], zt), (out['z_s'], zs), (out['z_i'], zi)):
+        assert torch.allclose(a, b, atol=1e-9), (a - b).abs().max()
+    # conversion rules one by one
+    conv = convert_scdnet_state_dict({k[len('module.encoder_q.'):]: v for k, v in sd.items() if k.startswith('module.encoder_q.')})
+    g = 'encoder.gcn_t.l2.gcn1.convs.1.'
+    assert torch.equal(conv['gcn_t.blocks.1.gcn.convs.1.conv1.weight'], up.state_dict()[g + 'conv2.weight'])
+    assert torch.equal(conv['gcn_t.blocks.1.gcn.convs.1.conv4.weight'], -up.state_dict()[g + 'conv4.weight'])
+    assert torch.equal(conv['gcn_t.blocks.1.gcn.convs.1.conv4.bias'], up.state_dict()[g + 'conv4.bias'])
+    assert torch.equal(conv['gcn_t.blocks.0.gcn.PA'], up.state_dict()['encoder.gcn_t.l1.gcn1.PA'].transpose(1, 2))
+    with pytest.raises(ValueError, match='shared_input_bn=False'): load_scdnet_checkpoint(_scd_small(shared_input_bn=True), sd)
+    with pytest.raises(KeyError, match='no key starts with'): load_scdnet_checkpoint(_scd_small(), sd, prefix='backbone.')
+
+
+def test_scdnet_released_initialisation():
+    torch.manual_seed(0)
+    model = _scd_small()
+    for block in model.gcn_s.blocks:
+        assert torch.all(block.gcn.bn.weight == 1e-6) and torch.all(block.gcn.bn.bias == 0)
+        for m in block.gcn.modules():
+            if isinstance(m, torch.nn.Conv2d): assert torch.all(m.bias == 0)
+        tcn_bn = torch.cat([m.weight.detach() for m in block.tcn.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+        assert 0.002 < tcn_bn.std() < 0.05 and abs(tcn_bn.mean() - 1) < 0.02
+    w = model.gcn_t.blocks[1].gcn.convs[0].conv3.weight   # (32, 24, 1, 1): Kaiming fan-out, std sqrt(2 / 32)
+    assert abs(w.std().item() / math.sqrt(2 / 32) - 1) < 0.15
+    for name, p in model.named_parameters():
+        if p.dim() == 2:
+            bound = math.sqrt(6 / (p.shape[0] + p.shape[1]))
+            assert p.abs().max() <= bound + 1e-7 and p.abs().max() > 0.8 * bound, name
+    # the earlier set-up is one flag away: PyTorch defaults, one shared input batch norm
+    old = _scd_small(upstream_init=False, shared_input_bn=True)
+    assert 'data_bn.weight' in old.state_dict() and 'gcn_t.data_bn.weight' not in old.state_dict()
+    assert torch.all(old.gcn_t.blocks[0].gcn.bn.weight == 1)
+    x = torch.randn(2, 3, 8, 25, 2)
+    assert old(x)['z_i'].shape == (2, 16) and model(x)['z_i'].shape == (2, 16)
+
+
+def test_stgcn_graph_choice_agcn_for_skeattnclr():
+    "SkeAttnCLR's preset uses the AGCN graph (as its released net/st_gcn.py); the other presets keep the ST-GCN spatial partition."
+    from skelnb.encoders import STGCN
+    from skelnb.skeleton import Graph, agcn_graph
+    import numpy as np
+    np.testing.assert_array_equal(STGCN('skeattnclr').A.numpy(), agcn_graph('ntu25'))
+    for name in ('skeletonclr', 'crossclr', 'aimclr', 'linear_eval', 'tiny'):
+        np.testing.assert_array_equal(STGCN(name).A.numpy(), Graph('ntu25', 'spatial').A)
+    a, s = STGCN('tiny', strategy='agcn', layout='kinect_v1'), STGCN('tiny', layout='kinect_v1')
+    assert {k: v.shape for k, v in a.state_dict().items()} == {k: v.shape for k, v in s.state_dict().items()}
+    assert not np.array_equal(a.A.numpy(), s.A.numpy())

@@ -162,9 +162,73 @@ def test_presets_and_errors():
     with pytest.raises(ValueError, match='at least 2'): m.training_step({'x': clips(1)}, 0)
 
 
-def test_upstream_init_copies_query_to_key():
-    m = SkeAttnCLR(tiny(upstream_init=True), seed=1)
+def test_upstream_init_is_the_default_and_covers_the_whole_model():
+    "Upstream's processor applies weights_init to the built model: every conv/linear N(0, 0.02) with zero bias,"
+    "every batch norm's weight N(1, 0.02) with zero bias, key side included (its own draw); LayerNorm untouched."
+    assert SkeAttnCLRConfig().upstream_init and SkeAttnCLRConfig().independent_key
+    m = SkeAttnCLR(tiny(hidden_channels=16, hidden_dim=64, feature_dim=32, predictor_hidden=64, heads=4), seed=1)
+    for side in (m.encoder_q, m.encoder_k, m.predictor, m.predictor_s, m.predictor_ns):
+        convs = [mod for mod in side.modules() if isinstance(mod, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear))]
+        bns = [mod for mod in side.modules() if isinstance(mod, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))]
+        w = torch.cat([c.weight.flatten() for c in convs])
+        assert abs(w.mean().item()) < 1e-3 and abs(w.std().item() - 0.02) < 1e-3
+        assert all(c.bias is None or c.bias.abs().max() == 0 for c in convs)
+        g = torch.cat([b.weight.flatten() for b in bns])
+        assert abs(g.mean().item() - 1) < 5e-3 and abs(g.std().item() - 0.02) < 5e-3
+        assert all(b.bias.abs().max() == 0 for b in bns)
+    assert torch.equal(m.encoder_q.neck.norm.weight, torch.ones(64))                      # LayerNorm keeps PyTorch's init
     q, k = m.encoder_q.state_dict(), m.encoder_k.state_dict()
-    assert all(torch.equal(q[n], k[n]) for n in q)                    # the key starts as the re-initialised query
+    assert not torch.equal(q['backbone.st_gcn_networks.5.tcn.2.weight'], k['backbone.st_gcn_networks.5.tcn.2.weight'])
+    assert torch.equal(q['backbone.A'], k['backbone.A'])
+
+
+def test_init_flags():
+    m = SkeAttnCLR(tiny(independent_key=False), seed=1)                  # upstream init, key copied from the query
+    q, k = m.encoder_q.state_dict(), m.encoder_k.state_dict()
+    assert all(torch.equal(q[n], k[n]) for n in q)
     w = m.backbone.st_gcn_networks[5].tcn[2].weight
     assert abs(w.std().item() - 0.02) < 0.003 and m.backbone.st_gcn_networks[5].tcn[2].bias.abs().max() == 0
+    d = SkeAttnCLR(tiny(upstream_init=False), seed=1)                   # PyTorch's initialisation, key copied
+    w = d.backbone.st_gcn_networks[5].tcn[2].weight
+    assert abs(w.std().item() - 0.02) > 0.005 and d.backbone.st_gcn_networks[5].tcn[2].bias.abs().max() > 0
+    q, k = d.encoder_q.state_dict(), d.encoder_k.state_dict()
+    assert all(torch.equal(q[n], k[n]) for n in q)
+
+
+def _upstream_agcn_graph_ntu():
+    "Hand transcription of SkeAttnCLR net/utils/ntu_rgb_d.py: Graph(strategy='spatial').A (tools.get_spatial_graph)."
+    import numpy as np
+    num_node = 25
+    inward_ori_index = [(1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21), (10, 9), (11, 10),
+                        (12, 11), (13, 1), (14, 13), (15, 14), (16, 15), (17, 1), (18, 17), (19, 18), (20, 19),
+                        (22, 23), (23, 8), (24, 25), (25, 12)]
+    inward = [(i - 1, j - 1) for (i, j) in inward_ori_index]
+    outward = [(j, i) for (i, j) in inward]
+    self_link = [(i, i) for i in range(num_node)]
+    def edge2mat(link):
+        A = np.zeros((num_node, num_node))
+        for i, j in link: A[j, i] = 1
+        return A
+    def normalize_digraph(A):
+        Dl = np.sum(A, 0)
+        Dn = np.zeros((num_node, num_node))
+        for i in range(num_node):
+            if Dl[i] > 0: Dn[i, i] = Dl[i] ** (-1)
+        return np.dot(A, Dn)
+    return np.stack((edge2mat(self_link), normalize_digraph(edge2mat(inward)), normalize_digraph(edge2mat(outward))))
+
+
+def test_backbone_uses_the_upstream_agcn_graph():
+    import numpy as np
+    from skelnb.skeleton import Graph, agcn_graph
+    A_up = _upstream_agcn_graph_ntu()
+    np.testing.assert_allclose(agcn_graph('ntu25'), A_up, rtol=0, atol=1e-7)
+    assert A_up[1, 20, 4] == 1 and A_up[2, 4, 20] == 0.25 and A_up[2, 0, 1] == 1        # a few entries, 0-based
+    np.testing.assert_array_equal(A_up[1].sum(1)[[20, 1, 0, 3]], [4, 1, 2, 0])           # children per joint
+    m = SkeAttnCLR(tiny(), seed=0)
+    np.testing.assert_allclose(m.backbone.A.numpy(), A_up, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(m.encoder_k.backbone.A.numpy(), A_up, rtol=0, atol=1e-7)
+    s = SkeAttnCLR(tiny(graph='spatial'), seed=0)                                          # one flag away: SkeletonCLR's partition
+    np.testing.assert_array_equal(s.backbone.A.numpy(), Graph('ntu25').A)
+    assert set(s.state_dict()) == set(m.state_dict())
+    with pytest.raises(ValueError, match='SkeAttnCLRConfig.graph'): tiny(graph='uniform')

@@ -273,3 +273,62 @@ def test_bad_input(batch, kind):
     with pytest.raises(ValueError, match='expected 50 frames'): m.encode(x[:, :, :30])
     with pytest.raises(ValueError, match=r'\(N, C, T, V, M\)'): m.encode(x[0])
     assert make(kind, frames=None).encode(x[:, :, :30]).shape[0] == 6
+
+
+# ---------------------------------------------------------------- share_heads: the upstream step, transcribed
+
+def _upstream_crossclr_step(model, im_q, im_k, cross, T=0.07, m=0.999, topk=1, key_order='upstream'):
+    "Hand transcription of LinguoLi/CrosSCLR net/crossclr.py (forward / cross_training, context on) and its processor loss."
+    def motion(x):
+        out = torch.zeros_like(x); out[:, :, :-1] = x[:, :, 1:] - x[:, :, :-1]; return out
+    def ema(enc_q, enc_k):
+        for pq, pk in zip(enc_q.parameters(), enc_k.parameters()): pk.data = pk.data * m + pq.data * (1. - m)
+    q = F.normalize(model.encoder_q(im_q), dim=1)
+    q_m = F.normalize(model.encoder_q_motion(motion(im_q)), dim=1)
+    with torch.no_grad():
+        if key_order == 'upstream':       # every EMA step, then both keys
+            if not cross: ema(model.encoder_q, model.encoder_k)   # the cross phase moves only the motion key encoder
+            ema(model.encoder_q_motion, model.encoder_k_motion)
+            k = F.normalize(model.encoder_k(im_k), dim=1)
+            k_m = F.normalize(model.encoder_k_motion(motion(im_k)), dim=1)
+        else:                             # each key right after its own stream's EMA step
+            if not cross: ema(model.encoder_q, model.encoder_k)
+            k = F.normalize(model.encoder_k(im_k), dim=1)
+            ema(model.encoder_q_motion, model.encoder_k_motion)
+            k_m = F.normalize(model.encoder_k_motion(motion(im_k)), dim=1)
+    queue, queue_m = model.queue.buffer('joint').clone(), model.queue.buffer('motion').clone()   # (d, K), as upstream
+    l_pos, l_neg = (q * k).sum(1, keepdim=True), q @ queue
+    l_pos_m, l_neg_m = (q_m * k_m).sum(1, keepdim=True), q_m @ queue_m
+    if not cross:
+        zero = torch.zeros(len(q), dtype=torch.long)
+        return F.cross_entropy(torch.cat([l_pos, l_neg], 1) / T, zero) + F.cross_entropy(torch.cat([l_pos_m, l_neg_m], 1) / T, zero)
+    l_ctx = l_neg * l_neg_m
+    logits, logits_m = torch.cat([l_pos, l_neg, l_ctx], 1) / T, torch.cat([l_pos_m, l_neg_m, l_ctx], 1) / T
+    oh = torch.zeros_like(l_neg).scatter_(1, torch.topk(l_neg_m, topk, 1)[1], 1)     # joint's positives mined by motion
+    oh_m = torch.zeros_like(l_neg_m).scatter_(1, torch.topk(l_neg, topk, 1)[1], 1)
+    one = torch.ones(len(q), 1, dtype=q.dtype)
+    mask, mask_m = torch.cat([one, oh, oh], 1), torch.cat([one, oh_m, oh_m], 1)
+    loss = (-(F.log_softmax(logits, 1) * mask).sum(1) / mask.sum(1)).mean()
+    return loss + (-(F.log_softmax(logits_m, 1) * mask_m).sum(1) / mask_m.sum(1)).mean()
+
+
+def test_crossclr_share_heads_matches_upstream_step(batch):
+    "share_heads + key_update_quirk (upstream's model) in float64: loss and every encoder tensor equal the transcription."
+    m = make('crossclr2', dropout=0.0, share_heads=True, key_update_quirk=True).double()
+    with torch.no_grad():   # move the query side away from the key side so that every EMA step is visible
+        g = torch.Generator().manual_seed(1)
+        for p in m.parameters():
+            if p.requires_grad: p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    x = batch['x'].double()
+    for epoch in (1, 2):    # plain phase, then cross phase (switch_epoch 2)
+        twin, other = copy.deepcopy(m), copy.deepcopy(m)
+        m.seed(9); out = m.training_step({'x': x}, epoch)
+        twin.seed(9); g = twin.rng('cpu')
+        xq, xk = normal_view()(x, g), normal_view()(x, g)
+        want = _upstream_crossclr_step(twin, xq, xk, cross=epoch >= 2)
+        assert abs(out['loss'].item() - want.item()) < 1e-12
+        sd, sdt = m.state_dict(), twin.state_dict()
+        for k in sd:
+            if k.startswith('encoder_') and sd[k].is_floating_point(): torch.testing.assert_close(sd[k], sdt[k], rtol=0, atol=1e-12)
+        # the other order (key right after its own EMA step) is measurably different: the test can tell them apart
+        assert abs(_upstream_crossclr_step(other, xq, xk, cross=epoch >= 2, key_order='per_view').item() - want.item()) > 1e-5

@@ -346,3 +346,61 @@ def test_allocator_reexec_decision():
     assert allocator_reexec_command(environ=dict(FAST_ALLOCATOR_ENV), modules={}, device='cpu', argv=[]) is None
     assert allocator_reexec_command(environ={'SKELNB_NO_REEXEC': '1'}, modules={}, device='cpu', argv=[]) is None
     assert allocator_reexec_command(device='cpu') is None         # never inside pytest
+
+
+# ---------------------------------------------------------------- collapse monitor
+
+def test_embedding_stats_match_direct_formulas():
+    from skelnb.train import embedding_stats
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(12, 5, generator=g, dtype=torch.float64) + torch.tensor([2.0, 0, 0, 0, 0], dtype=torch.float64)
+    zp = z + 0.3 * torch.randn(12, 5, generator=g, dtype=torch.float64)
+    st = embedding_stats(z, zp)
+    unit = lambda row: [v / math.sqrt(sum(w * w for w in row)) for v in row]
+    u, up = [unit(r) for r in z.tolist()], [unit(r) for r in zp.tolist()]
+    n, d = 12, 5
+    def mean(xs): return sum(xs) / len(xs)
+    stds = [math.sqrt(sum((u[i][j] - mean([u[k][j] for k in range(n)])) ** 2 for i in range(n)) / (n - 1)) for j in range(d)]
+    assert abs(st['emb_std'] - mean(stds)) < 1e-12
+    pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
+    sq = lambda a, b: sum((x - y) ** 2 for x, y in zip(a, b))
+    assert abs(st['emb_uniformity'] - math.log(mean([math.exp(-2 * sq(u[i], u[j])) for i, j in pairs]))) < 1e-10
+    assert abs(st['emb_cos'] - mean([sum(x * y for x, y in zip(u[i], u[j])) for i, j in pairs])) < 1e-12
+    assert abs(st['emb_alignment'] - mean([sq(u[i], up[i]) for i in range(n)])) < 1e-12
+    import numpy as np
+    s = np.linalg.svd(np.array(u) - np.array(u).mean(0), compute_uv=False); p = s / s.sum()
+    assert abs(st['emb_rank'] - math.exp(-(p * np.log(p)).sum())) < 1e-10
+    with pytest.raises(ValueError, match='n >= 2'): embedding_stats(torch.ones(1, 3))
+
+
+class _Collapsed(ToyMoCo):
+    def encode(self, x): return torch.ones(len(x), 32) * 3 + 1e-7 * x.flatten(1)[:, :32]
+
+
+def test_trainer_logs_collapse_stats_and_warns_on_a_collapsed_encoder(tmp_path):
+    torch.manual_seed(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        t = Trainer(_Collapsed(), ToyClips(n=32), train_preset('lesson', epochs=2, progress=False, out_dir=str(tmp_path))).fit()
+    assert [r['collapsed'] for r in t.history] == [1.0, 1.0]
+    assert sum('embeddings collapsed' in str(w.message) for w in caught) == 2
+    rows = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+    assert all('emb_std' in r and 'emb_uniformity' in r and 'emb_rank' in r for r in rows)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        ok = Trainer(ToyMoCo(), ToyClips(n=32), train_preset('lesson', epochs=1, progress=False)).fit()
+    assert ok.history[0]['collapsed'] == 0.0 and not any('collapsed' in str(w.message) for w in caught)
+    assert ok.history[0]['emb_std'] > 0.01 / math.sqrt(32)
+    off = Trainer(ToyMoCo(), ToyClips(n=32), train_preset('lesson', epochs=1, progress=False, collapse_batch=0)).fit()
+    assert 'emb_std' not in off.history[0]
+
+
+def test_collapse_check_leaves_training_unchanged():
+    "The check reads no random state and changes no weights: the same run with and without it ends bit-identical."
+    from skelnb.train import seed_everything
+    runs = []
+    for cb in (0, 16):
+        seed_everything(0)
+        t = Trainer(ToyMoCo(), ToyClips(n=32), train_preset('lesson', epochs=2, progress=False, collapse_batch=cb)).fit()
+        runs.append(t.method.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
