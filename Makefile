@@ -8,7 +8,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.skelnb-installed
 ARGS    ?=
 
-.PHONY: setup run test lab bench export clean-nbs check
+.PHONY: setup run test lab bench export clean-nbs check docs
 
 setup: $(STAMP)
 
@@ -40,3 +40,8 @@ export: $(STAMP)
 
 check: $(STAMP)
 	bash .ci/check_sync
+
+# the lessons as an offline web site: every notebook executed headless, rendered to _site/ (open _site/index.html);
+# ARGS="--only 00_intro 04_viz" builds a few lessons, ARGS="--fast" runs their small test workloads
+docs: $(STAMP)
+	$(BIN)/python tools/build_site.py $(ARGS)
