@@ -11,7 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from .skeleton import STREAMS, get_layout, to_stream
 from .augment import a2mc_view, a2mc_eval, Compose, TemporalMask
-from .encoders import SCDNetEncoder, SCDNET_PRESETS, get_scdnet_config, STGCN, STGCN_PRESETS, get_stgcn_config, mlp_head
+from .encoders.scdnet import SCDNetEncoder, SCDNET_PRESETS, get_scdnet_config
+from .encoders.stgcn import STGCN, STGCN_PRESETS, get_stgcn_config, mlp_head
 from fastcore.basics import patch
 from .attacks import att_aug, AttAugConfig
 from .mixers import a2mc_mix_loss, pnm_negatives

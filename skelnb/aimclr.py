@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from .skeleton import STREAMS
 from .augment import normal_view, aimclr_extreme, AIMCLR_OPS
-from .encoders import STGCN, EADM
+from .encoders.stgcn import STGCN
+from .encoders.necks import EADM
 from .losses import aimclr_losses
 from .skeletonclr import (check_field, _check_encoder_fields, _preset_config, stgcn_for,
                                 _unit, SkeletonCLR)
@@ -77,7 +78,7 @@ def aimclr_config(preset: str = 'paper', # a key of `AIMCLR_PRESETS`
 # %% ../nbs/10b_aimclr.ipynb #2de1a2f9
 def extreme_embeddings(encoder: STGCN,   # the query encoder (with its projector `fc`)
                        x,                # extreme views, already in the method's stream `(N, C, T, V, M)`
-                       eadm: nn.Module,  # the drop module (e.g. `skelnb.encoders.EADM`)
+                       eadm: nn.Module,  # the drop module (e.g. `skelnb.encoders.necks.EADM`)
                       ) -> tuple:        # (z_extreme, z_drop), unit rows `(N, feature_dim)`
     "AimCLR's two extreme embeddings from one trunk pass: plain, and with EADM on the final feature map."
     out = encoder(x, output='all')

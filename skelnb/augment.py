@@ -1126,7 +1126,7 @@ def _bench_views(views, what, batch, frames, joints, persons, repeats, warmup, r
     device = torch.device(device)
     tuned = False
     if malloc:
-        from skelnb.encoders import tune_malloc
+        from skelnb.runtime import tune_malloc
         tuned = tune_malloc()
     old_threads = torch.get_num_threads()
     if num_threads: torch.set_num_threads(num_threads)
@@ -1170,7 +1170,7 @@ def bench_normal_pair(batch: int = 128, frames: int = 50, joints: int = 25, pers
                       repeats: int = 30, warmup: int = 5,
                       reference_samples: int | None = None, # samples the reference runs (default: the batch)
                       device='cpu', num_threads: int | None = None, seed: int = 0,
-                      malloc: bool = False, # call `skelnb.encoders.tune_malloc` first (affects the whole process)
+                      malloc: bool = False, # call `skelnb.runtime.tune_malloc` first (affects the whole process)
                      ) -> dict:
     "Samples/s of the two normal views (crop + shear, twice): batched skelnb vs the per-sample numpy reference."
     return _bench_views([normal_view(), normal_view()], 'normal_pair', batch, frames, joints, persons, repeats, warmup,
@@ -1179,7 +1179,7 @@ def bench_normal_pair(batch: int = 128, frames: int = 50, joints: int = 25, pers
 def bench_extreme_view(batch: int = 128, frames: int = 50, joints: int = 25, persons: int = 2,
                        repeats: int = 30, warmup: int = 5, reference_samples: int | None = None,
                        device='cpu', num_threads: int | None = None, seed: int = 0, aug_method: str = '12345',
-                       malloc: bool = False, # call `skelnb.encoders.tune_malloc` first (affects the whole process)
+                       malloc: bool = False, # call `skelnb.runtime.tune_malloc` first (affects the whole process)
                       ) -> dict:
     "Samples/s of AimCLR's extreme view: batched skelnb vs the per-sample numpy reference."
     return _bench_views([aimclr_extreme(aug_method)], 'extreme_view', batch, frames, joints, persons, repeats, warmup,

@@ -9,11 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 import torch
+from einops import rearrange
+from .skeleton import get_layout
+from .encoders.stgcn import _set_dropout, saved_tensor_bytes
+from .train import seed_everything, ToyMoCo
 
 # %% auto #0
 __all__ = ['BenchCase', 'min_ratio', 'max_value', 'run_isolated', 'BenchSkipped', 'bench_cases', 'onednn_version', 'onednn_isa',
            'machine_info', 'machine_header', 'run_benchmarks', 'format_row', 'results_markdown', 'profile_method_step',
-           'merge_results', 'bench_cli']
+           'merge_results', 'bench_cli', 'bench_graph_conv', 'matmul_peak_gflops', 'bench_stgcn', 'bench_checkpointing',
+           'bench_allocator']
 
 # %% ../nbs/90_bench.ipynb #f4326416
 @dataclass
@@ -96,7 +101,7 @@ def _run_aug(which):
 
 def _run_stgcn(width):
     def run(quick, device):
-        from skelnb.encoders import bench_stgcn
+        from skelnb.bench import bench_stgcn
         kw = dict(hidden_channels=4, batch=2, T=12, steps=1, warmup=0, matmul_size=256) if quick else \
              dict(hidden_channels=width, batch=128, T=50 if width == 16 else 64, steps=3, warmup=1, malloc=True, isolated=True)
         return bench_stgcn(device=device, **kw)
@@ -321,7 +326,7 @@ def profile_method_step(name: str = 'skeletonclr', preset: str = 'paper', batch_
     from torch.profiler import profile, ProfilerActivity
     from skelnb.methods import build_method, method_train_config
     from skelnb.train import build_optimizer
-    from skelnb.encoders import tune_malloc
+    from skelnb.runtime import tune_malloc
     tune_malloc()
     method = build_method(name, preset).to(device).train()
     T = getattr(method.config, 'frames', 50) or 50
@@ -388,3 +393,200 @@ def bench_cli(argv=None):
     result = run_benchmarks(a.only, a.quick, a.device, on_row=save)
     print(f'\nwritten: {out / stem}.json and .md')
     return 1 if any(r.get('error') for r in result['rows']) else 0
+
+# %% ../nbs/90_bench.ipynb #70bdad30
+import numpy as np
+from .skeleton import Graph
+from .runtime import timeit, synchronize, tune_malloc, FAST_ALLOCATOR_ENV
+from .encoders.stgcn_kernels import graph_conv, graph_conv_reference, max_abs_diff
+from .encoders.stgcn import STGCN, STGCNConfig, get_stgcn_config, stgcn_reference_forward, stgcn_flops, measured_flops
+
+# %% ../nbs/90_bench.ipynb #ffe63c7c
+def bench_graph_conv(in_channels: int = 16,  # C_in
+                     out_channels: int = 16, # C_out
+                     batch: int = 256,       # B = N*M
+                     T: int = 50,            # frames
+                     repeats: int = 5,       # timed calls (median)
+                     layout: str = 'ntu25',
+                    ) -> dict:               # milliseconds per forward + backward, per arrangement
+    "Time every graph-convolution arrangement for one block shape, after checking they agree."
+    A = torch.tensor(Graph(layout).A)
+    K, V = A.shape[0], A.shape[1]
+    x = torch.randn(batch, T, V, in_channels, requires_grad=True)
+    w = torch.randn(K * out_channels, in_channels, 1, 1, requires_grad=True)
+    b = torch.randn(K * out_channels, requires_grad=True)
+    variants = {f'reference_{c}': (lambda c=c: graph_conv_reference(x.permute(0, 3, 1, 2).contiguous(), w, b, A, c).permute(0, 2, 3, 1).contiguous())
+                for c in ('loop', 'einsum')}
+    variants |= {o: (lambda o=o: graph_conv(x, w, b, A, o)) for o in ('conv_first', 'graph_first')}
+    ref = variants['reference_loop']().detach()
+    g = torch.randn_like(ref)
+    for name, f in variants.items():
+        err = max_abs_diff(f(), ref) / ref.abs().max().item()
+        if err > 1e-5: raise AssertionError(f'{name} differs from the reference by {err:.1e} (relative)')
+        torch.autograd.grad(f(), (x, w, b), g)                                      # warm-up
+    times = {name: [] for name in variants}
+    for _ in range(repeats):                                                        # interleaved
+        for name, f in variants.items(): times[name].append(timeit(lambda: torch.autograd.grad(f(), (x, w, b), g), 1, 0))
+    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+
+# %% ../nbs/90_bench.ipynb #286d2142
+def matmul_peak_gflops(n: int = 2048,     # square matrix size (2048 and 4096 give the same rate on 2 cores)
+                       repeats: int = 5,  # timed repetitions (median)
+                       device='cpu',
+                      ) -> float:
+    "Measured float32 `torch.mm` rate in GFLOP/s (2n^3 FLOPs per product)."
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    return 2 * n ** 3 / timeit(lambda: torch.mm(a, b), repeats, 1, device) / 1e9
+
+# %% ../nbs/90_bench.ipynb #bf41d7d9
+def bench_stgcn(hidden_channels: int = 16, # ST-GCN width (16: SkeletonCLR/AimCLR, 64: SkeAttnCLR)
+                batch: int = 128,          # N
+                T: int = 50,               # frames
+                V: int = 25,               # joints (NTU layout)
+                M: int = 2,                # persons (the second one all zeros, as in single-person clips)
+                steps: int = 3,            # timed repetitions per variant (median)
+                warmup: int = 1,           # untimed repetitions first
+                threads: int | None = None, # torch threads (None: leave as is)
+                contraction: str = 'einsum', # reference graph contraction ('einsum' as upstream, or 'loop')
+                malloc: bool = False,      # call `tune_malloc` first (affects the whole process)
+                matmul_size: int = 2048,   # matrix size for `matmul_peak_gflops`
+                isolated: bool = False,    # run in a fresh Python process (needed to compare allocator settings)
+                env: dict | None = None,   # extra environment variables for the isolated process (e.g. MALLOC_*)
+                overrides: dict | None = None, # `STGCNConfig` fields for the fast side, e.g. {'fast_dropout': False}
+                tolerance: float = 1e-5,   # largest allowed max-abs difference of the outputs
+                device='cpu',
+                seed: int = 0,
+               ) -> dict:
+    "Training-step and inference samples/s of the fast ST-GCN and of the reference, same weights, equal outputs."
+    kwargs = dict(hidden_channels=hidden_channels, batch=batch, T=T, V=V, M=M, steps=steps, warmup=warmup,
+                  threads=threads, contraction=contraction, malloc=malloc, matmul_size=matmul_size, device=str(device), seed=seed,
+                  overrides=overrides, tolerance=tolerance)
+    if isolated:
+        code = f'import json; from skelnb.bench import bench_stgcn; print(json.dumps(bench_stgcn(**{kwargs!r})))'
+        res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env={**os.environ, **(env or {})})
+        if res.returncode != 0: raise RuntimeError(f'isolated benchmark failed:\n{res.stderr[-2000:]}')
+        return json.loads(res.stdout.strip().splitlines()[-1])
+    old_threads = torch.get_num_threads()
+    if threads: torch.set_num_threads(threads)
+    try:
+        tuned = tune_malloc() if malloc else False
+        torch.manual_seed(seed)
+        layouts = {25: 'ntu25', 20: 'kinect_v1'}
+        if V not in layouts: raise ValueError(f'V must be 25 (NTU) or 20 (Kinect v1), got {V}')
+        layout = layouts[V]
+        model = STGCN('skeletonclr', hidden_channels=hidden_channels, layout=layout, **(overrides or {})).to(device)
+        x = torch.zeros(batch, 3, T, V, M, device=device)
+        x[..., 0] = torch.randn(batch, 3, T, V, device=device)
+        # equal outputs: evaluation mode, and training mode without dropout (batch statistics)
+        model.eval()
+        with torch.no_grad(): diff_eval = max_abs_diff(model(x), stgcn_reference_forward(model, x, contraction=contraction))
+        model.train(); _set_dropout(model, 0.0)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        with torch.no_grad(): diff_train = max_abs_diff(model(x), stgcn_reference_forward(model, x, contraction=contraction))
+        model.load_state_dict(state); _set_dropout(model, 0.5)
+        if max(diff_eval, diff_train) > tolerance: raise AssertionError(f'outputs differ: eval {diff_eval:.2e}, train {diff_train:.2e}')
+        fwd = {'skelnb': lambda: model(x), 'reference': lambda: stgcn_reference_forward(model, x, contraction=contraction)}
+        def train_step(f):
+            model.zero_grad(set_to_none=True); f().sum().backward()
+        times = {('train', k): [] for k in fwd} | {('infer', k): [] for k in fwd}
+        for mode in ('train', 'infer'):
+            model.train(mode == 'train')
+            for k, f in fwd.items():
+                for _ in range(warmup):
+                    if mode == 'train': train_step(f)
+                    else:
+                        with torch.no_grad(): f()
+            for _ in range(steps):          # interleaved: both variants see the same load
+                for k, f in fwd.items():
+                    if mode == 'train': times[(mode, k)].append(timeit(lambda: train_step(f), 1, 0, device))
+                    else:
+                        with torch.no_grad(): times[(mode, k)].append(timeit(f, 1, 0, device))
+        sps = {f'{m}_{k}': batch / float(np.median(v)) for (m, k), v in times.items()}
+        flops = stgcn_flops(model.config, T, M)
+        out = dict(hidden_channels=hidden_channels, batch=batch, T=T, V=V, M=M, threads=torch.get_num_threads(),
+                   device=str(device), reference_contraction=contraction, malloc_tuned=tuned, overrides=overrides or {},
+                   max_abs_diff_eval=diff_eval, max_abs_diff_train=diff_train,
+                   train_samples_per_s=dict(skelnb=sps['train_skelnb'], reference=sps['train_reference']),
+                   infer_samples_per_s=dict(skelnb=sps['infer_skelnb'], reference=sps['infer_reference']),
+                   flops_per_sample_forward=flops)
+        out['train_speedup'] = sps['train_skelnb'] / sps['train_reference']
+        out['infer_speedup'] = sps['infer_skelnb'] / sps['infer_reference']
+        out['train_gflops'] = {k: 3 * flops * v / 1e9 for k, v in out['train_samples_per_s'].items()}
+        # FLOPs actually computed: with `share_absent_eval` the absent persons are encoded once per batch
+        present = int(rearrange(x, 'n c t v m -> (n m) (c t v)').ne(0).any(1).sum())
+        shared = model.config.share_absent_eval and batch * M - present > 1
+        out['infer_work_fraction'] = (present + 1) / (batch * M) if shared else 1.0
+        out['infer_gflops'] = {'skelnb': flops * out['infer_work_fraction'] * sps['infer_skelnb'] / 1e9,
+                               'reference': flops * sps['infer_reference'] / 1e9}
+        out['matmul_peak_gflops'] = matmul_peak_gflops(matmul_size, device=device)
+        return out
+    finally:
+        torch.set_num_threads(old_threads)
+
+# %% ../nbs/90_bench.ipynb #d229c288
+def bench_checkpointing(config: STGCNConfig | str = 'skeletonclr', # the encoder
+                        batch: int = 128,   # N (the second person all zeros, as in single-person clips)
+                        T: int = 50,        # frames
+                        steps: int = 3,     # timed training steps per side (median, interleaved)
+                        warmup: int = 1,
+                        device='cpu',
+                        seed: int = 0,
+                       ) -> dict:           # saved MB and seconds per step, with and without checkpointing
+    "Saved-activation memory and training-step time of the ST-GCN with and without `checkpoint_activations`."
+    torch.manual_seed(seed)
+    cfg = get_stgcn_config(config)
+    nets = {False: STGCN(cfg, checkpoint_activations=False).to(device).train()}
+    nets[True] = STGCN(cfg, checkpoint_activations=True).to(device).train()
+    nets[True].load_state_dict(nets[False].state_dict())
+    V = get_layout(cfg.layout).num_joints
+    x = torch.zeros(batch, cfg.in_channels, T, V, 2, device=device)
+    x[..., 0] = torch.randn(batch, cfg.in_channels, T, V, device=device)
+    saved = {}
+    for k, m in nets.items():
+        out, saved[k] = saved_tensor_bytes(m, x)
+        del out
+    def step(m):
+        m.zero_grad(set_to_none=True); m(x).sum().backward()
+    for _ in range(warmup):
+        for m in nets.values(): step(m)
+    times = {k: [] for k in nets}
+    for _ in range(steps):
+        for k, m in nets.items(): times[k].append(timeit(lambda: step(m), 1, 0, device))
+    sec = {k: float(np.median(v)) for k, v in times.items()}
+    return dict(batch=batch, T=T, hidden_channels=cfg.hidden_channels, saved_mb_plain=saved[False] / 2**20,
+                saved_mb_checkpointed=saved[True] / 2**20, memory_ratio=saved[False] / saved[True],
+                seconds_plain=sec[False], seconds_checkpointed=sec[True], time_ratio=sec[True] / sec[False])
+
+# %% ../nbs/90_bench.ipynb #b9e96c05
+def _toy_step_timing(batch_size=64, hidden=64, frames=50, joints=25, persons=2, steps=6, warmup=2, threads=None) -> dict:
+    "Median wall time of a toy-method training step (forward, backward, SGD), and the losses."
+    if threads: torch.set_num_threads(threads)
+    seed_everything(0)
+    method = ToyMoCo(hidden=hidden, queue_size=1024)
+    opt = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
+    batch = {'x': torch.randn(batch_size, 3, frames, joints, persons)}
+    times, losses = [], []
+    for _ in range(warmup + steps):
+        t0 = time.perf_counter()
+        loss = method.training_step(batch, 0)['loss']
+        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        times.append(time.perf_counter() - t0); losses.append(loss.item())
+    step_s = float(np.median(times[warmup:]))
+    return {'step_s': step_s, 'samples_per_s': batch_size / step_s, 'losses': losses}
+
+
+def bench_allocator(batch_size=64, hidden=64, frames=50, joints=25, persons=2, steps=6, warmup=2, rounds=3,
+                    threads=None, # torch threads in the measuring processes (None: torch's default)
+                    timeout=600) -> dict:
+    "Toy-method training step with the default vs the raised glibc allocator thresholds, fresh processes alternating for `rounds` rounds (medians)."
+    args = dict(batch_size=batch_size, hidden=hidden, frames=frames, joints=joints, persons=persons, steps=steps, warmup=warmup, threads=threads)
+    code = f'import json; from skelnb.train import _toy_step_timing; print(json.dumps(_toy_step_timing(**{args!r})))'
+    res = {'default': [], 'fast': []}
+    for _ in range(rounds):
+        for name, extra in (('default', {}), ('fast', FAST_ALLOCATOR_ENV)):
+            env = {k: v for k, v in os.environ.items() if k not in FAST_ALLOCATOR_ENV} | extra
+            out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=timeout, check=True)
+            res[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert all(r['losses'] == res['default'][0]['losses'] for r in res['default'] + res['fast']), 'the allocator changed the results'
+    default, fast = (float(np.median([r['samples_per_s'] for r in res[k]])) for k in ('default', 'fast'))
+    return {'default_samples_per_s': default, 'fast_samples_per_s': fast, 'speedup': fast / default, **args}

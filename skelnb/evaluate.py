@@ -618,7 +618,7 @@ def _toy_from_state(state: dict):
 def method_from_checkpoint(path,              # a checkpoint of `skelnb.train.Trainer`
                            device='cpu'):
     "Rebuild the method of a training checkpoint and load its weights (read with weights_only=True), in eval mode."
-    from skelnb.train import read_checkpoint
+    from skelnb.checkpoint import read_checkpoint
     ckpt = read_checkpoint(path)
     if ckpt['method'] == 'toy_moco':
         method = _toy_from_state(ckpt['model'])
@@ -664,7 +664,7 @@ def evaluate_cli(argv=None) -> list:
     if a.checkpoint:
         model, model_name = method_from_checkpoint(a.checkpoint, a.device), str(a.checkpoint)
     else:
-        from skelnb.encoders import STGCN
+        from skelnb.encoders.stgcn import STGCN
         torch.manual_seed(a.seed)
         model, model_name = STGCN(a.random, head='none', layout=a.model_layout or dataset_layout(tr)).to(a.device), f'random ST-GCN {a.random} (seed {a.seed})'
     if a.model_layout and a.model_layout != dataset_layout(tr):

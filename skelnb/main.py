@@ -198,7 +198,7 @@ def main_cli(argv=None):
     p.add_argument('--set', nargs='*', default=[], metavar='FIELD=VALUE', help='method config overrides')
     a = p.parse_args(argv)
     from skelnb.methods import parse_overrides
-    from skelnb.train import CheckpointError
+    from skelnb.checkpoint import CheckpointError
     try:
         cfg = MainConfig(a.data, a.method, a.preset, a.epochs, a.batch_size, a.out, a.seed, a.device, not a.no_report,
                          parse_overrides(a.set) if a.set else None, a.max_clips)

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Optional
 import torch
 from torch import nn
-from .train import (SSLMethod, latest_checkpoint, TrainConfig, TRAIN_PRESETS, Trainer, read_checkpoint, CheckpointError,
-                          method_identity, resolve_device, seed_everything)
+from .train import SSLMethod, TrainConfig, TRAIN_PRESETS, Trainer, seed_everything
+from .checkpoint import latest_checkpoint, read_checkpoint, CheckpointError, method_identity
+from .runtime import resolve_device
 
 # %% auto #0
 __all__ = ['METHODS', 'MethodSpec', 'method_spec', 'method_presets', 'method_config_class', 'build_method', 'method_train_config',
@@ -260,7 +261,8 @@ def bench_method_step(name: str = 'skeletonclr', preset: str = 'paper', batch_si
                      ) -> dict:
     "Median seconds and samples/s of a full training step of a method on random clips of its preset's shape."
     from skelnb.train import build_optimizer
-    from skelnb.encoders import tune_malloc, release_free_memory, set_activation_checkpointing
+    from skelnb.runtime import tune_malloc, release_free_memory
+    from skelnb.encoders.stgcn import set_activation_checkpointing
     if not low_memory: tune_malloc()              # speed: freed blocks stay mapped (the low-memory mode wants them back)
     dev = resolve_device(device)
     seed_everything(0)
@@ -294,7 +296,7 @@ def bench_pretrain_epoch(dataset: str = 'nw_ucla', method: str = 'skeletonclr', 
                          quick: bool = False, device: str = 'cpu') -> dict:
     "Seconds of one Trainer epoch of `method` on the training split of `dataset` (quick: 64 clips)."
     from skelnb.data import SkeletonDataset
-    from skelnb.encoders import tune_malloc
+    from skelnb.runtime import tune_malloc
     tune_malloc()
     root = resolve_dataset(dataset)
     ds = SkeletonDataset(root, 'train', subset=list(range(64)) if quick else None)

@@ -11,7 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from .skeleton import STREAMS, get_layout, to_stream
 from .augment import normal_view, part_swap
-from .encoders import STGCN, AttentionMaskNeck, skeattnclr_projector, skeattnclr_predictor, upstream_init_
+from .encoders.stgcn import STGCN, upstream_init_
+from .encoders.necks import AttentionMaskNeck, skeattnclr_projector, skeattnclr_predictor
 from .memory import MoCoQueue, momentum_update, cosine_momentum, init_momentum_encoder
 from .losses import skeattnclr_losses
 from .train import SSLMethod, TRAIN_PRESETS

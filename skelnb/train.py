@@ -18,20 +18,19 @@ from einops import rearrange, reduce
 from fastcore.basics import patch
 from .data import ArrayDataset, derive_seed, make_loader, to_device
 from .memory import MoCoQueue, concat_all_gather, momentum_update
-from .encoders import release_free_memory, set_activation_checkpointing
+from .encoders.stgcn import set_activation_checkpointing
+from .runtime import dist_env, resolve_device, init_distributed, cleanup_distributed, peak_rss_mb, release_free_memory
+from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, atomic_write, atomic_save, checkpoint_path, list_checkpoints,
+                               latest_checkpoint, read_checkpoint, load_method_weights, method_identity)
 try:
     import resource  # peak memory; Unix only
 except ImportError:
     resource = None
 
 # %% auto #0
-__all__ = ['TRAIN_PRESETS', 'CHECKPOINT_FORMAT', 'FAST_ALLOCATOR_ENV', 'seed_everything', 'get_rng_states', 'set_rng_states',
-           'SSLMethod', 'method_identity', 'ToyEncoder', 'ToyMoCo', 'ToyClips', 'TrainConfig', 'train_preset', 'lr_at',
-           'LRSchedule', 'CheckpointError', 'atomic_write', 'atomic_save', 'checkpoint_path', 'list_checkpoints',
-           'latest_checkpoint', 'read_checkpoint', 'load_method_weights', 'dist_env', 'resolve_device',
-           'init_distributed', 'cleanup_distributed', 'peak_rss_mb', 'build_optimizer', 'wrap_ddp', 'Trainer',
-           'method_config', 'embedding_stats', 'run_pretraining', 'run_toy_ddp', 'allocator_reexec_command',
-           'ensure_fast_allocator', 'bench_allocator', 'bench_trainer']
+__all__ = ['TRAIN_PRESETS', 'seed_everything', 'get_rng_states', 'set_rng_states', 'SSLMethod', 'ToyEncoder', 'ToyMoCo',
+           'ToyClips', 'TrainConfig', 'train_preset', 'lr_at', 'LRSchedule', 'build_optimizer', 'wrap_ddp', 'Trainer',
+           'method_config', 'embedding_stats', 'run_pretraining', 'run_toy_ddp', 'bench_trainer']
 
 # %% ../nbs/11_train.ipynb #d926c91a
 def seed_everything(seed: int, # any non-negative integer
@@ -120,11 +119,6 @@ class SSLMethod(nn.Module):
     def optimizer_param_groups(self) -> list:
         "Parameter groups for the optimizer (default: every parameter that requires a gradient)."
         return [{'params': [p for p in self.parameters() if p.requires_grad]}]
-
-
-def method_identity(method: nn.Module) -> tuple:
-    "`(name, version)` written into checkpoints for `method`."
-    return (getattr(method, 'method_name', None) or type(method).__name__, int(getattr(method, 'method_version', 1)))
 
 # %% ../nbs/11_train.ipynb #4af671d4
 class ToyEncoder(nn.Module):
@@ -321,129 +315,7 @@ class LRSchedule:
                           f'{self.steps_per_epoch} (dataset, batch_size, accumulate or world size changed): the schedule is re-timed')
         self.last_step = state['step']; self._apply()
 
-# %% ../nbs/11_train.ipynb #7eef2408
-CHECKPOINT_FORMAT = 'skelnb.train/1'
-
-
-class CheckpointError(ValueError):
-    "A checkpoint that cannot be used: corrupt, truncated, not a skelnb checkpoint, or from another method."
-
-
-def atomic_write(path,       # target file
-                 write,      # function(binary file object) writing the content
-                ) -> Path:
-    "Write a file atomically: to a temporary file in the same folder, flushed, then renamed over `path`."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        with open(tmp, 'wb') as f:
-            write(f); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return path
-
-
-def atomic_save(obj, path) -> Path:
-    "`torch.save(obj)` to `path` atomically."
-    return atomic_write(path, lambda f: torch.save(obj, f))
-
-# %% ../nbs/11_train.ipynb #62568a00
-def checkpoint_path(out_dir, epoch: int) -> Path:
-    "Path of the checkpoint written after `epoch` completed epochs."
-    return Path(out_dir) / f'checkpoint_e{epoch:04d}.pt'
-
-
-def list_checkpoints(out_dir) -> list:
-    "The checkpoints in `out_dir`, oldest first."
-    pat = re.compile(r'checkpoint_e(\d+)\.pt$')
-    found = [(int(m.group(1)), p) for p in Path(out_dir).glob('checkpoint_e*.pt') if (m := pat.match(p.name))] if Path(out_dir).is_dir() else []
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(out_dir) -> Optional[Path]:
-    "The newest checkpoint in `out_dir`, or None."
-    ckpts = list_checkpoints(out_dir)
-    return ckpts[-1] if ckpts else None
-
-# %% ../nbs/11_train.ipynb #9ff9f1a0
-def read_checkpoint(path,                          # a file written by `Trainer.save_checkpoint`
-                    method: Optional[nn.Module] = None, # when given, the checkpoint must come from this method
-                    map_location='cpu',
-                   ) -> dict:
-    "Read and validate a training checkpoint with `torch.load(weights_only=True)`; clear errors naming the file."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f'checkpoint {path} does not exist')
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [type(e).__name__]
-        refused = [l for l in lines if l.startswith('WeightsUnpickler error')]
-        if refused:
-            raise CheckpointError(f'cannot read checkpoint {path}: it holds objects other than tensors and plain data, '
-                                  f'refused by torch.load(weights_only=True) ({refused[0]})') from e
-        raise CheckpointError(f'cannot read checkpoint {path}: the file is corrupt, truncated, or not a torch.save file '
-                              f'({type(e).__name__}: {lines[0]})') from e
-    if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
-        raise CheckpointError(f'{path} is not a skelnb training checkpoint (expected format {CHECKPOINT_FORMAT!r})')
-    if method is not None:
-        want, got = method_identity(method), (ckpt.get('method'), ckpt.get('method_version'))
-        if tuple(got) != want:
-            raise CheckpointError(f'{path} was written by method {got[0]!r} version {got[1]}, '
-                                  f'but is being loaded into {want[0]!r} version {want[1]}')
-    return ckpt
-
-
-def load_method_weights(method: nn.Module, path) -> nn.Module:
-    "Load the weights (and buffers) of a training checkpoint into `method`, e.g. for evaluation."
-    ckpt = read_checkpoint(path, method)
-    try: method.load_state_dict(ckpt['model'])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: the weights do not fit this {method_identity(method)[0]!r} (different sizes?): {e}") from e
-    return method
-
-# %% ../nbs/11_train.ipynb #5bbdcebf
-def dist_env() -> tuple:
-    "`(rank, world_size, local_rank)` from torchrun's environment variables; `(0, 1, 0)` outside torchrun."
-    env = os.environ
-    return int(env.get('RANK', 0)), int(env.get('WORLD_SIZE', 1)), int(env.get('LOCAL_RANK', 0))
-
-
-def resolve_device(device: str = 'auto', # 'auto', 'cpu', 'cuda' or 'cuda:<i>'
-                   local_rank: int = 0,  # this process's GPU under torchrun
-                  ) -> torch.device:
-    "The training device: CUDA (this process's GPU) when present and asked for, else CPU."
-    if device == 'auto': device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    dev = torch.device(device)
-    if dev.type == 'cuda':
-        if not torch.cuda.is_available(): raise RuntimeError(f'device={device!r} but CUDA is not available')
-        if dev.index is None: dev = torch.device('cuda', local_rank)
-    return dev
-
-
-def init_distributed(device: str = 'auto') -> bool:
-    "Join torchrun's process group (nccl on CUDA, gloo on CPU) when WORLD_SIZE > 1; returns whether training is distributed."
-    if dist.is_available() and dist.is_initialized(): return dist.get_world_size() > 1
-    rank, world, local = dist_env()
-    if world <= 1: return False
-    dev = resolve_device(device, local)
-    if dev.type == 'cuda': torch.cuda.set_device(dev)
-    dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo')
-    return True
-
-
-def cleanup_distributed() -> None:
-    "Leave the process group, if any."
-    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
-
 # %% ../nbs/11_train.ipynb #ca27c82d
-def peak_rss_mb() -> Optional[float]:
-    "Peak resident memory of this process so far, in MiB (None where the `resource` module is unavailable)."
-    if resource is None: return None
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 2**20 if sys.platform == 'darwin' else r / 1024
-
-
 def build_optimizer(method: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     "SGD (or AdamW) over the method's parameter groups, with `cfg`'s hyper-parameters."
     groups = method.optimizer_param_groups() if hasattr(method, 'optimizer_param_groups') else \
@@ -873,61 +745,6 @@ def run_toy_ddp(out_dir, nproc: int = 2, epochs: int = 2, timeout: float = 120, 
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': os.pathsep.join(p for p in (root, os.environ.get('PYTHONPATH')) if p)}
     return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', str(script)],
                           env=env, capture_output=True, text=True, timeout=timeout)
-
-# %% ../nbs/11_train.ipynb #9506c1f7
-FAST_ALLOCATOR_ENV = {'MALLOC_MMAP_THRESHOLD_': str(10**12), 'MALLOC_TRIM_THRESHOLD_': str(10**12)}
-
-
-def allocator_reexec_command(environ=None, modules=None, device: str = 'auto', argv=None) -> Optional[list]:
-    "The command `ensure_fast_allocator` would re-execute, or None when it should not (already set, notebook, test, GPU, not Linux)."
-    environ = os.environ if environ is None else environ
-    modules = sys.modules if modules is None else modules
-    if not sys.platform.startswith('linux') or all(k in environ for k in FAST_ALLOCATOR_ENV): return None
-    if environ.get('SKELNB_NO_REEXEC') or environ.get('IN_TEST') or 'ipykernel' in modules or 'pytest' in modules: return None
-    if device == 'auto' and torch.cuda.is_available() or str(device).startswith('cuda'): return None
-    return [sys.executable, *(sys.orig_argv[1:] if argv is None else argv)]
-
-
-def ensure_fast_allocator(device: str = 'auto') -> None:
-    "Re-execute the current command with glibc's allocator thresholds raised (CPU training), unless not applicable."
-    cmd = allocator_reexec_command(device=device)
-    if cmd is None: return
-    sys.stdout.flush(); sys.stderr.flush()
-    os.execve(sys.executable, cmd, {**os.environ, **FAST_ALLOCATOR_ENV})
-
-# %% ../nbs/11_train.ipynb #b9e96c05
-def _toy_step_timing(batch_size=64, hidden=64, frames=50, joints=25, persons=2, steps=6, warmup=2, threads=None) -> dict:
-    "Median wall time of a toy-method training step (forward, backward, SGD), and the losses."
-    if threads: torch.set_num_threads(threads)
-    seed_everything(0)
-    method = ToyMoCo(hidden=hidden, queue_size=1024)
-    opt = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
-    batch = {'x': torch.randn(batch_size, 3, frames, joints, persons)}
-    times, losses = [], []
-    for _ in range(warmup + steps):
-        t0 = time.perf_counter()
-        loss = method.training_step(batch, 0)['loss']
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-        times.append(time.perf_counter() - t0); losses.append(loss.item())
-    step_s = float(np.median(times[warmup:]))
-    return {'step_s': step_s, 'samples_per_s': batch_size / step_s, 'losses': losses}
-
-
-def bench_allocator(batch_size=64, hidden=64, frames=50, joints=25, persons=2, steps=6, warmup=2, rounds=3,
-                    threads=None, # torch threads in the measuring processes (None: torch's default)
-                    timeout=600) -> dict:
-    "Toy-method training step with the default vs the raised glibc allocator thresholds, fresh processes alternating for `rounds` rounds (medians)."
-    args = dict(batch_size=batch_size, hidden=hidden, frames=frames, joints=joints, persons=persons, steps=steps, warmup=warmup, threads=threads)
-    code = f'import json; from skelnb.train import _toy_step_timing; print(json.dumps(_toy_step_timing(**{args!r})))'
-    res = {'default': [], 'fast': []}
-    for _ in range(rounds):
-        for name, extra in (('default', {}), ('fast', FAST_ALLOCATOR_ENV)):
-            env = {k: v for k, v in os.environ.items() if k not in FAST_ALLOCATOR_ENV} | extra
-            out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=timeout, check=True)
-            res[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    assert all(r['losses'] == res['default'][0]['losses'] for r in res['default'] + res['fast']), 'the allocator changed the results'
-    default, fast = (float(np.median([r['samples_per_s'] for r in res[k]])) for k in ('default', 'fast'))
-    return {'default_samples_per_s': default, 'fast_samples_per_s': fast, 'speedup': fast / default, **args}
 
 # %% ../nbs/11_train.ipynb #9d8da727
 def _reference_loop(method, dataset, cfg: TrainConfig, epochs: int = 1):

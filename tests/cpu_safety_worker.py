@@ -28,7 +28,7 @@ def probe():
 
 def blocks(width):
     "ST-GCN blocks at one width, strides 1 and 2, three batch sizes, training mode, forward + backward."
-    from skelnb.encoders import STGCNBlock
+    from skelnb.encoders.stgcn import STGCNBlock
     from skelnb.skeleton import Graph
     A = torch.tensor(Graph('ntu25').A, dtype=torch.float32)
     for ci, co, stride in ((3, width, 1), (width, width, 1), (width, 2 * width, 2), (width, width, 2)):
@@ -44,7 +44,8 @@ def blocks(width):
 
 def encoders():
     "Whole ST-GCN encoders at widths 4, 8, 16 and the tiny SCD-Net encoder, forward + backward and eval."
-    from skelnb.encoders import STGCN, SCDNetEncoder
+    from skelnb.encoders.stgcn import STGCN
+    from skelnb.encoders.scdnet import SCDNetEncoder
     for width in (4, 8, 16):
         net = STGCN('skeletonclr', hidden_channels=width, hidden_dim=32, num_class=16).train()
         for b in (2, 5):
@@ -80,7 +81,7 @@ if __name__ == '__main__':
     torch.set_num_threads(1)                             # the crash reproduces with one thread; one thread is also fastest here
     torch.manual_seed(0)
     if unsafe:
-        import skelnb.encoders as enc
+        import skelnb.encoders.stgcn_kernels as enc
         enc.safe_conv_input = lambda x, weight, stride=1: x
     CASES[case]()
     print('ok')

@@ -12,7 +12,8 @@ from skelnb.augment import a2mc_view, Compose, TemporalMask
 from skelnb.data import ArrayDataset
 from skelnb.losses import scd_losses
 from skelnb.mixers import a2mc_mix_loss
-from skelnb.train import Trainer, TrainConfig, seed_everything, latest_checkpoint, checkpoint_path
+from skelnb.train import Trainer, TrainConfig, seed_everything
+from skelnb.checkpoint import latest_checkpoint, checkpoint_path
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')   # tiny models: one thread is faster (tests/conftest.py)

@@ -9,12 +9,15 @@ import torch.nn.functional as F
 from skelnb.aimclr import AIMCLR_PRESETS, AIMCLR_TRAIN_RECIPES, AimCLR, AimCLRConfig, aimclr_config, extreme_embeddings
 from skelnb.augment import aimclr_extreme, normal_view
 from skelnb.data import SkeletonDataset, ensure_synthetic_dataset
-from skelnb.encoders import EADM, eadm_drop, load_upstream_checkpoint, upstream_stgcn_keys
+from skelnb.encoders.necks import EADM, eadm_drop
+from skelnb.checkpoint import load_upstream_checkpoint
+from skelnb.encoders.stgcn import upstream_stgcn_keys
 from skelnb.losses import d3m_loss, info_nce, moco_logits, nnm_mask
 from skelnb.memory import momentum_update
 from skelnb.skeleton import joint_to_bone, joint_to_motion
 from skelnb.skeletonclr import SkeletonCLR, skeletonclr_config
-from skelnb.train import Trainer, checkpoint_path, latest_checkpoint, seed_everything, train_preset
+from skelnb.train import Trainer, seed_everything, train_preset
+from skelnb.checkpoint import checkpoint_path, latest_checkpoint
 
 TINY = dict(hidden_channels=4, hidden_dim=32, feature_dim=16, queue_size=64)
 STREAM_FN = {'joint': lambda x: x, 'motion': joint_to_motion, 'bone': joint_to_bone}

@@ -306,7 +306,7 @@ def test_cuda_parity(setup):
 def test_input_gradients_reach_absent_persons_in_eval_mode():
     "ST-GCN's eval-mode sharing of absent persons cuts their input gradient; the guard and input_gradient switch it off."
     from dataclasses import replace
-    from skelnb.encoders import STGCN
+    from skelnb.encoders.stgcn import STGCN
     from skelnb.attacks import input_gradient, attack_guard, encode_every_person, pgd
     torch.manual_seed(0)
     shared = STGCN('tiny', head='linear', num_class=3).eval()

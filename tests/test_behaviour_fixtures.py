@@ -53,7 +53,8 @@ def method_fixtures() -> dict:
 
 
 def encoder_fixtures() -> dict:
-    from skelnb.encoders import STGCN, SCDNetEncoder
+    from skelnb.encoders.stgcn import STGCN
+    from skelnb.encoders.scdnet import SCDNetEncoder
     torch.manual_seed(0)
     x = torch.randn(3, 3, 16, 25, 2, generator=torch.Generator().manual_seed(1)); x[0, ..., 1] = 0
     out = {}
@@ -79,7 +80,7 @@ def augment_fixtures() -> dict:
 
 def evaluation_fixtures() -> dict:
     from skelnb.data import SkeletonDataset, ensure_synthetic_dataset
-    from skelnb.encoders import STGCN
+    from skelnb.encoders.stgcn import STGCN
     from skelnb.evaluate import extract_features, knn_accuracy
     root = ensure_synthetic_dataset()
     tr, te = SkeletonDataset(root, 'train'), SkeletonDataset(root, 'test')

@@ -1,7 +1,7 @@
 """Native-kernel safety on this CPU: the library's convolutions never crash, checked in fresh processes.
 
 oneDNN's channels-last kernels for strided narrow convolutions corrupt the heap on some AVX-512 CPUs (lesson
-`06_encoders`, "Convolutions that are safe on every CPU"). A crash kills the process, so each case runs in its own.
+`06a_encoders.stgcn_kernels`, "Convolutions that are safe on every CPU"). A crash kills the process, so each case runs in its own.
 The pure-PyTorch probe is a control: it says whether this CPU is affected and is reported, not asserted.
 """
 import os, platform, subprocess, sys, warnings

@@ -6,13 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from skelnb.skeleton import Graph, STREAMS, to_stream
-from skelnb.encoders import (
-    STGCN, STGCN_PRESETS, STGCNConfig, get_stgcn_config, stgcn_reference_forward, graph_conv, graph_conv_reference,
-    keep_mask, drop_add_relu, batch_stats, batch_norm_accurate, count_parameters, upstream_stgcn_keys, load_upstream_checkpoint, stgcn_flops,
-    measured_flops, simam_attention, eadm_masks, eadm_drop, EADM, AttentionMaskNeck, MLP1D, skeattnclr_projector,
-    skeattnclr_predictor, SCDNetEncoder, SCDNET_PRESETS, mlp_head, linear_head, upstream_init_, max_abs_diff,
-    stgcn_receptive_fields, bench_stgcn, bench_graph_conv, tune_malloc, matmul_peak_gflops, DropAddReLU,
-    checkpointed, frozen_running_stats, saved_tensor_bytes, bench_checkpointing)
+from skelnb.encoders.stgcn import (STGCN, STGCN_PRESETS, STGCNConfig, get_stgcn_config, stgcn_reference_forward, count_parameters, upstream_stgcn_keys, stgcn_flops, measured_flops, mlp_head, linear_head, upstream_init_, stgcn_receptive_fields, checkpointed, frozen_running_stats, saved_tensor_bytes)
+from skelnb.encoders.stgcn_kernels import (graph_conv, graph_conv_reference, keep_mask, drop_add_relu, batch_stats, batch_norm_accurate, max_abs_diff, DropAddReLU)
+from skelnb.checkpoint import load_upstream_checkpoint
+from skelnb.encoders.necks import (simam_attention, eadm_masks, eadm_drop, EADM, AttentionMaskNeck, MLP1D, skeattnclr_projector, skeattnclr_predictor)
+from skelnb.encoders.scdnet import SCDNetEncoder, SCDNET_PRESETS
+from skelnb.bench import bench_stgcn, bench_graph_conv, matmul_peak_gflops, bench_checkpointing
+from skelnb.runtime import tune_malloc
 
 torch.manual_seed(0)
 
@@ -370,8 +370,8 @@ def test_checkpoint_refuses_pickled_objects(tmp_path):
 
 
 def test_checkpoint_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match='not found'): load_upstream_checkpoint(STGCN('tiny'), tmp_path / 'none.pt')
-    with pytest.raises(KeyError, match='no key starts with'): load_upstream_checkpoint(STGCN('tiny'), {'encoder_k.A': torch.zeros(1)})
+    with pytest.raises(FileNotFoundError, match='does not exist'): load_upstream_checkpoint(STGCN('tiny'), tmp_path / 'none.pt')
+    with pytest.raises(ValueError, match='no key starts with'): load_upstream_checkpoint(STGCN('tiny'), {'encoder_k.A': torch.zeros(1)})
     with pytest.raises(ValueError, match='mismatched'):
         load_upstream_checkpoint(STGCN('tiny'), {f'encoder_q.{k}': v for k, v in STGCN('skeletonclr').state_dict().items()})
 
@@ -525,7 +525,7 @@ def test_absent_person_sharing_is_exact():
 import numpy as _np
 import torch.nn as _nn
 from einops import rearrange as _rearrange
-from skelnb.encoders import convert_scdnet_state_dict, load_scdnet_checkpoint, scdnet_init_, CTRGraphConv, MultiScaleTemporalConv
+from skelnb.encoders.scdnet import (convert_scdnet_state_dict, load_scdnet_checkpoint, scdnet_init_, CTRGraphConv, MultiScaleTemporalConv)
 
 
 def _up_graph():
@@ -668,7 +668,7 @@ def test_scdnet_upstream_checkpoint_loads_and_matches_the_released_forward():
     assert torch.equal(conv['gcn_t.blocks.1.gcn.convs.1.conv4.bias'], up.state_dict()[g + 'conv4.bias'])
     assert torch.equal(conv['gcn_t.blocks.0.gcn.PA'], up.state_dict()['encoder.gcn_t.l1.gcn1.PA'].transpose(1, 2))
     with pytest.raises(ValueError, match='shared_input_bn=False'): load_scdnet_checkpoint(_scd_small(shared_input_bn=True), sd)
-    with pytest.raises(KeyError, match='no key starts with'): load_scdnet_checkpoint(_scd_small(), sd, prefix='backbone.')
+    with pytest.raises(ValueError, match='no key starts with'): load_scdnet_checkpoint(_scd_small(), sd, prefix='backbone.')
 
 
 def test_scdnet_released_initialisation():
@@ -696,7 +696,7 @@ def test_scdnet_released_initialisation():
 
 def test_stgcn_graph_choice_agcn_for_skeattnclr():
     "SkeAttnCLR's preset uses the AGCN graph (as its released net/st_gcn.py); the other presets keep the ST-GCN spatial partition."
-    from skelnb.encoders import STGCN
+    from skelnb.encoders.stgcn import STGCN
     from skelnb.skeleton import Graph, agcn_graph
     import numpy as np
     np.testing.assert_array_equal(STGCN('skeattnclr').A.numpy(), agcn_graph('ntu25'))

@@ -225,7 +225,7 @@ def test_fuzz_prepared(tmp_path):
 # ---------------------------------------------------------------- checkpoints
 def _checkpoint_seed(tmp):
     import torch
-    from skelnb.train import CHECKPOINT_FORMAT, atomic_save
+    from skelnb.checkpoint import CHECKPOINT_FORMAT, atomic_save
     g = torch.Generator().manual_seed(0)
     atomic_save({'format': CHECKPOINT_FORMAT, 'method': 'skeletonclr', 'method_version': 1, 'epoch': 2, 'step': 8,
                  'model': {'w': torch.randn(4, 3, generator=g), 'b': torch.zeros(4)}, 'history': [{'loss': 1.5}]}, tmp / 'c.pt')
@@ -234,19 +234,16 @@ def _checkpoint_seed(tmp):
 
 def test_fuzz_training_checkpoint(tmp_path):
     import torch
-    from skelnb.train import read_checkpoint
+    from skelnb.checkpoint import read_checkpoint
     torch.set_num_threads(1)
     unclear, counts = fuzz('ckpt', _checkpoint_seed(tmp_path), lambda p: isinstance(read_checkpoint(p), dict),
                            '.pt', tmp_path, N_MUTATIONS)
     assert not unclear, f'{len(unclear)} unclear outcomes, e.g. {unclear[:5]}'
 
 
-@pytest.mark.xfail(strict=True, reason='load_upstream_checkpoint (skelnb/encoders.py) passes torch.load errors through '
-                   'unwrapped (RuntimeError/EOFError/UnpicklingError without the file name); remove this mark once it '
-                   'raises a ValueError naming the file for an unreadable checkpoint')
 def test_fuzz_upstream_checkpoint(tmp_path):
     import torch
-    from skelnb.encoders import load_upstream_checkpoint
+    from skelnb.checkpoint import load_upstream_checkpoint
     torch.set_num_threads(1); torch.manual_seed(0)
     enc = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))   # small: the file format is what is fuzzed
     torch.save({'state_dict': {'encoder_q.' + k: v for k, v in enc.state_dict().items()}}, tmp_path / 'u.pt')

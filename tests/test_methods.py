@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 from skelnb.methods import METHODS, build_method, method_train_config, load_method, one_step, pretrain, parse_overrides
-from skelnb.train import Trainer, latest_checkpoint, read_checkpoint, CheckpointError, atomic_save
+from skelnb.train import Trainer
+from skelnb.checkpoint import latest_checkpoint, read_checkpoint, CheckpointError, atomic_save
 from skelnb.data import SkeletonDataset, ensure_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parent.parent

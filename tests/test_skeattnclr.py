@@ -7,10 +7,11 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from skelnb.augment import get_preset, part_swap
-from skelnb.encoders import upstream_stgcn_keys
+from skelnb.encoders.stgcn import upstream_stgcn_keys
 from skelnb.losses import info_nce
 from skelnb.memory import cosine_momentum
-from skelnb.train import ToyClips, Trainer, train_preset, seed_everything, latest_checkpoint, checkpoint_path
+from skelnb.train import ToyClips, Trainer, train_preset, seed_everything
+from skelnb.checkpoint import latest_checkpoint, checkpoint_path
 from skelnb.skeattnclr import (SkeAttnCLR, SkeAttnCLRConfig, skeattnclr_config, SKEATTNCLR_PRESETS,
                                SKEATTNCLR_TRAIN_RECIPES)
 

@@ -9,13 +9,15 @@ import torch.nn.functional as F
 
 from skelnb.augment import normal_view
 from skelnb.data import SkeletonDataset, ensure_synthetic_dataset
-from skelnb.encoders import load_upstream_checkpoint, upstream_stgcn_keys
+from skelnb.checkpoint import load_upstream_checkpoint
+from skelnb.encoders.stgcn import upstream_stgcn_keys
 from skelnb.losses import crossclr_loss_2view, crossclr_loss_3view, info_nce
 from skelnb.memory import momentum_update
 from skelnb.skeleton import joint_to_bone, joint_to_motion
 from skelnb.skeletonclr import (CROSSCLR_PRESETS, CROSSCLR_TRAIN_RECIPES, SKELETONCLR_PRESETS, SKELETONCLR_TRAIN_RECIPES,
                                 CrosSCLR, CrosSCLRConfig, SkeletonCLR, SkeletonCLRConfig, crossclr_config, skeletonclr_config)
-from skelnb.train import Trainer, TrainConfig, seed_everything, train_preset, latest_checkpoint, checkpoint_path
+from skelnb.train import Trainer, TrainConfig, seed_everything, train_preset
+from skelnb.checkpoint import latest_checkpoint, checkpoint_path
 
 TINY = dict(hidden_channels=4, hidden_dim=32, feature_dim=16, queue_size=64)
 

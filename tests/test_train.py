@@ -9,10 +9,9 @@ from torch import nn
 
 from skelnb.data import derive_seed
 
-from skelnb.train import (SSLMethod, ToyMoCo, ToyClips, Trainer, TrainConfig, CheckpointError, train_preset, run_pretraining,
-                          seed_everything, lr_at, read_checkpoint, load_method_weights, list_checkpoints,
-                          latest_checkpoint, checkpoint_path, atomic_save, wrap_ddp, allocator_reexec_command, FAST_ALLOCATOR_ENV,
-                          bench_trainer, run_toy_ddp, CHECKPOINT_FORMAT)
+from skelnb.train import (SSLMethod, ToyMoCo, ToyClips, Trainer, TrainConfig, train_preset, run_pretraining, seed_everything, lr_at, wrap_ddp, bench_trainer, run_toy_ddp)
+from skelnb.checkpoint import (CheckpointError, read_checkpoint, load_method_weights, list_checkpoints, latest_checkpoint, checkpoint_path, atomic_save, CHECKPOINT_FORMAT)
+from skelnb.runtime import allocator_reexec_command, FAST_ALLOCATOR_ENV
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')   # tiny models: one thread is faster (tests/conftest.py)
