@@ -18,7 +18,8 @@ from .attacks import att_aug, AttAugConfig
 from .mixers import a2mc_mix_loss, pnm_negatives
 from .memory import AdversarialBank, momentum_update, cosine_momentum, init_momentum_encoder
 from .losses import info_nce
-from .train import SSLMethod, TRAIN_PRESETS, TrainConfig
+from .train import TrainConfig
+from .methods.core import SSLMethod, SCHEDULES
 
 # %% auto #0
 __all__ = ['BACKBONES', 'MOMENTUM_SCHEDULES', 'PNM_MODES', 'A2MC_PRESETS', 'A2MC_TRAIN_RECIPES', 'A2MCConfig', 'a2mc_config',
@@ -135,10 +136,10 @@ A2MC_PRESETS = {
 }
 
 A2MC_TRAIN_RECIPES = {
-    'paper': dict(TRAIN_PRESETS['scdnet']),
+    'paper': dict(SCHEDULES['scdnet']),
     'code_defaults': dict(epochs=200, batch_size=256, lr=0.001, milestones=(100, 160), checkpoint_every=50),
-    'lesson': dict(TRAIN_PRESETS['lesson']),
-    'stgcn': dict(TRAIN_PRESETS['paper']),
+    'lesson': dict(SCHEDULES['lesson']),
+    'stgcn': dict(SCHEDULES['paper']),
 }
 
 def a2mc_config(preset: str = 'paper', # a key of `A2MC_PRESETS`

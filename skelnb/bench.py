@@ -60,7 +60,7 @@ res['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print('SKELNB-BENCH ' + json.dumps(res, default=str))
 '''
 
-def run_isolated(module: str,           # importable module, e.g. 'skelnb.methods'
+def run_isolated(module: str,           # importable module, e.g. 'skelnb.methods.catalog'
                  function: str,         # function in it returning a JSON-able dict
                  timeout: float = 1800, # seconds
                  env: dict | None = None, # extra environment variables
@@ -120,7 +120,7 @@ def _run_simple(module, fn, quick_kw, full_kw):
 @functools.lru_cache(maxsize=None)
 def _method_step(name, preset, batch_size, low_memory, quick, device):
     kw = dict(batch_size=8, steps=1, warmup=1, preset='lesson') if quick else dict(batch_size=batch_size, steps=3, warmup=1, preset=preset)
-    return run_isolated('skelnb.methods', 'bench_method_step', name=name, device=device, low_memory=low_memory, **kw)
+    return run_isolated('skelnb.methods.catalog', 'bench_method_step', name=name, device=device, low_memory=low_memory, **kw)
 
 def _run_method(name, preset='paper', batch_size=128, low_memory=False):
     "One fresh process per setting: the speed and the peak-memory rows of a setting read the same run."
@@ -159,8 +159,8 @@ def _run_suite(quick, device):
 
 
 def _run_epoch(quick, device):
-    from skelnb.methods import bench_pretrain_epoch
-    return run_isolated('skelnb.methods', 'bench_pretrain_epoch', dataset='nw_ucla', quick=quick, device=device)
+    from skelnb.methods.catalog import bench_pretrain_epoch
+    return run_isolated('skelnb.methods.catalog', 'bench_pretrain_epoch', dataset='nw_ucla', quick=quick, device=device)
 
 # %% ../nbs/90_bench.ipynb #7bf270ca
 def _read(skelnb_key, ref_key, unit, higher=True):
@@ -324,7 +324,7 @@ def profile_method_step(name: str = 'skeletonclr', preset: str = 'paper', batch_
                         top: int = 12, device: str = 'cpu') -> list:
     "Top operators (share of self CPU time) of `steps` full training steps of a method, after one warm-up step."
     from torch.profiler import profile, ProfilerActivity
-    from skelnb.methods import build_method, method_train_config
+    from skelnb.methods.catalog import build_method, method_train_config
     from skelnb.train import build_optimizer
     from skelnb.runtime import tune_malloc
     tune_malloc()

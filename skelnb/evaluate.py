@@ -624,7 +624,7 @@ def method_from_checkpoint(path,              # a checkpoint of `skelnb.train.Tr
         method = _toy_from_state(ckpt['model'])
         method.load_state_dict(ckpt['model'])
     else:
-        try: from skelnb.methods import load_method
+        try: from skelnb.methods.catalog import load_method
         except ImportError as e: raise RuntimeError(f'{path}: method {ckpt["method"]!r} needs skelnb.methods, which is not available ({e})') from e
         method = load_method(path)   # the stored method configuration rebuilds the right sizes
     return method.to(device).eval()

@@ -28,7 +28,7 @@ MAIN_BUDGETS = {
 class MainConfig:
     "What the main job runs; `None` fields take the method's entry of `MAIN_BUDGETS`."
     data: str = 'synthetic'        # 'synthetic', 'utd', 'nw_ucla', 'msr' or a prepared folder
-    method: str = 'skeletonclr'    # any name of `skelnb.methods.METHODS`
+    method: str = 'skeletonclr'    # any name of `skelnb.methods.catalog.METHODS`
     preset: str | None = None      # method preset and training recipe
     epochs: int | None = None      # pretraining epochs (None: the budget's, else the recipe's)
     batch_size: int | None = None  # pretraining batch
@@ -49,7 +49,7 @@ class MainConfig:
 # %% ../nbs/14_main.ipynb #2e09c065
 def stage_data(cfg: MainConfig) -> dict:
     "Resolve (and prepare on first use) the dataset; its training and test splits."
-    from skelnb.methods import resolve_dataset
+    from skelnb.methods.catalog import resolve_dataset
     from skelnb.data import SkeletonDataset, dataset_summary
     root = resolve_dataset(cfg.data)
     sub = lambda n: None if cfg.max_clips is None else np.linspace(0, n - 1, min(n, cfg.max_clips)).round().astype(int)
@@ -61,7 +61,7 @@ def stage_data(cfg: MainConfig) -> dict:
 # %% ../nbs/14_main.ipynb #717abac4
 def stage_pretrain(cfg: MainConfig, data: dict):
     "Self-supervised pretraining on the training split (labels unused), with a KNN monitor on the test split."
-    from skelnb.methods import build_method, method_train_config, with_data_layout
+    from skelnb.methods.catalog import build_method, method_train_config, with_data_layout
     from skelnb.evaluate import knn_monitor
     from skelnb.train import Trainer
     over = {k: v for k, v in dict(epochs=cfg.epochs, batch_size=cfg.batch_size).items() if v is not None}
@@ -92,7 +92,7 @@ def evaluate_encoder(model, data: dict, name: str) -> dict:
 
 def stage_evaluate(cfg: MainConfig, data: dict, method) -> dict:
     "The pretrained encoder against a random-init twin and a ridge classifier on raw joints."
-    from skelnb.methods import build_method
+    from skelnb.methods.catalog import build_method
     from skelnb.evaluate import raw_ridge_floor
     trained = evaluate_encoder(method, data, f'{cfg.method} pretrained')
     torch.manual_seed(cfg.seed)
@@ -197,7 +197,7 @@ def main_cli(argv=None):
     p.add_argument('--max-clips', type=int, default=None, help='use only this many training and test clips')
     p.add_argument('--set', nargs='*', default=[], metavar='FIELD=VALUE', help='method config overrides')
     a = p.parse_args(argv)
-    from skelnb.methods import parse_overrides
+    from skelnb.methods.catalog import parse_overrides
     from skelnb.checkpoint import CheckpointError
     try:
         cfg = MainConfig(a.data, a.method, a.preset, a.epochs, a.batch_size, a.out, a.seed, a.device, not a.no_report,

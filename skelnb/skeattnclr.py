@@ -15,7 +15,7 @@ from .encoders.stgcn import STGCN, upstream_init_
 from .encoders.necks import AttentionMaskNeck, skeattnclr_projector, skeattnclr_predictor
 from .memory import MoCoQueue, momentum_update, cosine_momentum, init_momentum_encoder
 from .losses import skeattnclr_losses
-from .train import SSLMethod, TRAIN_PRESETS
+from .methods.core import SSLMethod, SCHEDULES
 
 # %% auto #0
 __all__ = ['SKEATTNCLR_PRESETS', 'SKEATTNCLR_TRAIN_RECIPES', 'SkeAttnCLRConfig', 'skeattnclr_config', 'SkeAttnEncoder',
@@ -91,9 +91,9 @@ def skeattnclr_config(preset: str = 'paper', # a key of `SKEATTNCLR_PRESETS`
     return SkeAttnCLRConfig(**{**SKEATTNCLR_PRESETS[preset], **overrides})
 
 SKEATTNCLR_TRAIN_RECIPES = {   # `skelnb.train.TrainConfig` overrides, one per preset
-    'paper': dict(TRAIN_PRESETS['paper']),         # SGD 0.1, momentum 0.9, wd 1e-4, batch 128, 300 epochs, x0.1 from epoch 250
-    'ntu60_joint': dict(TRAIN_PRESETS['paper']),
-    'lesson': dict(TRAIN_PRESETS['lesson'], epochs=20, batch_size=32, lr=0.1, monitor_every=5, checkpoint_every=5, keep_last=2),
+    'paper': dict(SCHEDULES['paper']),         # SGD 0.1, momentum 0.9, wd 1e-4, batch 128, 300 epochs, x0.1 from epoch 250
+    'ntu60_joint': dict(SCHEDULES['paper']),
+    'lesson': dict(SCHEDULES['lesson'], epochs=20, batch_size=32, lr=0.1, monitor_every=5, checkpoint_every=5, keep_last=2),
 }
 
 # %% ../nbs/10d_skeattnclr.ipynb #8df5e803

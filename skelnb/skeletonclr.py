@@ -14,7 +14,7 @@ from .augment import normal_view
 from .encoders.stgcn import STGCN, get_stgcn_config, upstream_init_
 from .memory import MoCoQueue, MultiViewQueue, momentum_update
 from .losses import info_nce, crossclr_loss
-from .train import SSLMethod
+from .methods.core import SSLMethod
 
 # %% auto #0
 __all__ = ['SKELETONCLR_PRESETS', 'SKELETONCLR_TRAIN_RECIPES', 'CROSSCLR_PRESETS', 'CROSSCLR_TRAIN_RECIPES', 'check_field',

@@ -26,11 +26,12 @@ try:
     import resource  # peak memory; Unix only
 except ImportError:
     resource = None
+from .methods.core import SSLMethod, SCHEDULES
 
 # %% auto #0
-__all__ = ['TRAIN_PRESETS', 'seed_everything', 'get_rng_states', 'set_rng_states', 'SSLMethod', 'ToyEncoder', 'ToyMoCo',
-           'ToyClips', 'TrainConfig', 'train_preset', 'lr_at', 'LRSchedule', 'build_optimizer', 'wrap_ddp', 'Trainer',
-           'method_config', 'embedding_stats', 'run_pretraining', 'run_toy_ddp', 'bench_trainer']
+__all__ = ['seed_everything', 'get_rng_states', 'set_rng_states', 'ToyEncoder', 'ToyMoCo', 'ToyClips', 'TrainConfig',
+           'train_preset', 'lr_at', 'LRSchedule', 'build_optimizer', 'wrap_ddp', 'Trainer', 'method_config',
+           'embedding_stats', 'run_pretraining', 'run_toy_ddp', 'bench_trainer']
 
 # %% ../nbs/11_train.ipynb #d926c91a
 def seed_everything(seed: int, # any non-negative integer
@@ -61,64 +62,6 @@ def set_rng_states(states: dict, # as returned by `get_rng_states`
     torch.set_rng_state(states['torch'])
     if states['cuda'] and torch.cuda.is_available() and len(states['cuda']) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states['cuda'])
-
-# %% ../nbs/11_train.ipynb #4dc7dcd9
-class SSLMethod(nn.Module):
-    "Base class of the self-supervised methods: the contract the `Trainer` relies on, with default hooks and per-device generators."
-    method_name: str = None   # checkpoint identity; the class name when None
-    method_version: int = 1   # bump when the state_dict layout changes
-
-    def __init__(self, seed: int = 0): # seed of the method's own generators (the Trainer re-seeds them)
-        super().__init__()
-        self._rng_seed, self._generators = seed, {}
-
-    def rng(self, device='cpu') -> torch.Generator:
-        "The method's generator on `device`, created from the method seed on first use."
-        device = torch.device(device)
-        if device.type == 'cuda' and device.index is None: device = torch.device('cuda', torch.cuda.current_device())
-        key = str(device)
-        if key not in self._generators:
-            self._generators[key] = torch.Generator(device=device).manual_seed(self._rng_seed)
-        return self._generators[key]
-
-    def seed(self, seed: int) -> None:
-        "Re-seed every generator of the method (existing ones and future ones)."
-        self._rng_seed = seed
-        for g in self._generators.values(): g.manual_seed(seed)
-
-    def rng_state(self) -> dict:
-        "The states of the method's generators, keyed by device."
-        return {k: g.get_state() for k, g in self._generators.items()}
-
-    def set_rng_state(self, state: dict) -> None:
-        "Restore generator states saved by `rng_state` (devices absent here are skipped with a warning)."
-        for key, s in state.items():
-            dev = torch.device(key)
-            if dev.type == 'cuda' and (not torch.cuda.is_available() or dev.index >= torch.cuda.device_count()):
-                warnings.warn(f'generator state for {key} not restored: no such device here'); continue
-            self.rng(dev).set_state(s)
-
-    def forward(self, batch: dict, epoch: int = 0) -> dict:
-        "Same as `training_step` (DistributedDataParallel calls `forward`)."
-        return self.training_step(batch, epoch)
-
-    def training_step(self, batch: dict, epoch: int) -> dict:
-        "Loss of one mini-batch: `{'loss': scalar tensor, **terms to log}`."
-        raise NotImplementedError(f'{type(self).__name__} must implement training_step(batch, epoch)')
-
-    def after_optimizer_step(self, step: int, total_steps: int) -> None:
-        "Hook after each optimizer step (momentum encoders with a schedule, ...)."
-
-    def on_epoch_start(self, epoch: int) -> None:
-        "Hook at the start of each epoch (0-based)."
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        "Features `(N, D)` of clips `(N,C,T,V,M)` for monitors and evaluation."
-        raise NotImplementedError(f'{type(self).__name__} must implement encode(x)')
-
-    def optimizer_param_groups(self) -> list:
-        "Parameter groups for the optimizer (default: every parameter that requires a gradient)."
-        return [{'params': [p for p in self.parameters() if p.requires_grad]}]
 
 # %% ../nbs/11_train.ipynb #4af671d4
 class ToyEncoder(nn.Module):
@@ -256,23 +199,12 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-TRAIN_PRESETS = {
-    # SkeletonCLR / CrosSCLR / AimCLR / SkeAttnCLR: SGD 0.1, wd 1e-4, batch 128, 300 epochs, x0.1 from epoch 250
-    'paper': dict(),
-    # SCD-Net's published run (A2MC builds on it): lr 0.01, batch 64, 451 epochs, x0.1 from epoch 351
-    'scdnet': dict(epochs=451, batch_size=64, lr=0.01, milestones=(351,), checkpoint_every=50),
-    # a few CPU seconds for lessons and tests
-    'lesson': dict(epochs=4, batch_size=16, lr=0.05, schedule='cosine', warmup_epochs=0.5, device='cpu',
-                   checkpoint_every=1, keep_last=0, monitor_every=2, log_every=1),
-}
-
-
-def train_preset(name: str, # a key of `TRAIN_PRESETS`
+def train_preset(name: str, # a key of `skelnb.methods.core.SCHEDULES`
                  **overrides,  # fields to change
                 ) -> TrainConfig:
     "The named `TrainConfig` preset, with `overrides` applied."
-    if name not in TRAIN_PRESETS: raise KeyError(f'no training preset {name!r}; known: {sorted(TRAIN_PRESETS)}')
-    return TrainConfig(**{**TRAIN_PRESETS[name], **overrides})
+    if name not in SCHEDULES: raise KeyError(f'no training preset {name!r}; known: {sorted(SCHEDULES)}')
+    return TrainConfig(**{**SCHEDULES[name], **overrides})
 
 # %% ../nbs/11_train.ipynb #8433552c
 def lr_at(step: int,             # optimizer step, from 0

@@ -63,7 +63,7 @@ def encoders():
 
 def methods():
     "One training step of every method's lesson preset, repeated (the preset widths 4-8 that crashed before)."
-    from skelnb.methods import METHODS, build_method, one_step
+    from skelnb.methods.catalog import METHODS, build_method, one_step
     x = torch.randn(6, 3, 50, 25, 2)
     x[::2, ..., 1] = 0                                   # every other clip has no second person
     for name in METHODS:

@@ -35,7 +35,7 @@ def _batch(n=8, T=50):
 
 
 def method_fixtures() -> dict:
-    from skelnb.methods import METHODS, build_method
+    from skelnb.methods.catalog import METHODS, build_method
     out, batch = {}, _batch()
     for name in METHODS:
         torch.manual_seed(0)

@@ -9,7 +9,8 @@ from torch import nn
 
 from skelnb.data import derive_seed
 
-from skelnb.train import (SSLMethod, ToyMoCo, ToyClips, Trainer, TrainConfig, train_preset, run_pretraining, seed_everything, lr_at, wrap_ddp, bench_trainer, run_toy_ddp)
+from skelnb.methods.core import SSLMethod
+from skelnb.train import (ToyMoCo, ToyClips, Trainer, TrainConfig, train_preset, run_pretraining, seed_everything, lr_at, wrap_ddp, bench_trainer, run_toy_ddp)
 from skelnb.checkpoint import (CheckpointError, read_checkpoint, load_method_weights, list_checkpoints, latest_checkpoint, checkpoint_path, atomic_save, CHECKPOINT_FORMAT)
 from skelnb.runtime import allocator_reexec_command, FAST_ALLOCATOR_ENV
 
