@@ -4,19 +4,19 @@
 
 # %% ../nbs/05_augment.ipynb #018e7337
 from __future__ import annotations
-import dataclasses, html, inspect, math, os, time
+import dataclasses, html, inspect, math
 from dataclasses import dataclass
 import numpy as np
 import torch
 from .skeleton import get_layout, hop_distance, to_stream, STREAMS
 
 # %% auto #0
-__all__ = ['AIMCLR_OPS', 'PRESETS', 'UPSTREAM_US_PER_SAMPLE', 'AUGMENTATIONS', 'draw_device', 'rand_uniform', 'rand_int',
-           'rand_coin', 'gather_frames', 'temporal_crop_index', 'draw_temporal_crop_params', 'apply_temporal_crop',
-           'random_temporal_crop', 'apply_linear', 'gather_linear', 'shear_matrix', 'draw_shear_params', 'apply_shear',
-           'random_shear', 'draw_spatial_flip_params', 'permute_joints', 'apply_spatial_flip', 'random_spatial_flip',
-           'rotation_matrix', 'draw_rotate_params', 'apply_rotate', 'random_rotate', 'draw_gaussian_noise_params',
-           'present_persons', 'apply_gaussian_noise', 'random_gaussian_noise', 'gaussian_kernel', 'blur_matrix',
+__all__ = ['AIMCLR_OPS', 'PRESETS', 'AUGMENTATIONS', 'draw_device', 'rand_uniform', 'rand_int', 'rand_coin', 'gather_frames',
+           'temporal_crop_index', 'draw_temporal_crop_params', 'apply_temporal_crop', 'random_temporal_crop',
+           'apply_linear', 'gather_linear', 'shear_matrix', 'draw_shear_params', 'apply_shear', 'random_shear',
+           'draw_spatial_flip_params', 'permute_joints', 'apply_spatial_flip', 'random_spatial_flip', 'rotation_matrix',
+           'draw_rotate_params', 'apply_rotate', 'random_rotate', 'draw_gaussian_noise_params', 'present_persons',
+           'apply_gaussian_noise', 'random_gaussian_noise', 'gaussian_kernel', 'blur_matrix',
            'draw_gaussian_blur_params', 'apply_gaussian_blur', 'random_gaussian_blur', 'draw_axis_mask_params',
            'apply_axis_mask', 'axis_mask_matrix', 'random_axis_mask', 'draw_time_flip_params', 'time_flip_index',
            'apply_time_flip', 'random_time_flip', 'crop_resize_index', 'draw_crop_resize_params', 'apply_crop_resize',
@@ -29,8 +29,8 @@ __all__ = ['AIMCLR_OPS', 'PRESETS', 'UPSTREAM_US_PER_SAMPLE', 'AUGMENTATIONS', '
            'reference_temporal_mask', 'reference_part_swap', 'sample_params', 'Augmentation', 'TemporalCrop', 'Shear',
            'SpatialFlip', 'Rotate', 'GaussianNoise', 'GaussianBlur', 'AxisMask', 'TimeFlip', 'CropResize',
            'CenterCropResize', 'SpatialMask', 'TemporalMask', 'ToStream', 'PartSwap', 'Compose', 'normal_view',
-           'aimclr_extreme', 'aimclr_extreme_v1', 'a2mc_view', 'a2mc_eval', 'get_preset', 'bench_normal_pair',
-           'bench_extreme_view', 'valid_length', 'AugmentExplorer']
+           'aimclr_extreme', 'aimclr_extreme_v1', 'a2mc_view', 'a2mc_eval', 'get_preset', 'valid_length',
+           'AugmentExplorer']
 
 # %% ../nbs/05_augment.ipynb #125acc1c
 def draw_device(generator: torch.Generator | None = None) -> torch.device:
@@ -1114,76 +1114,6 @@ def get_preset(name: str, **kwargs) -> Compose:
     "A fresh pipeline for a named preset (`PRESETS`), with optional settings passed to its builder."
     if name not in PRESETS: raise KeyError(f'unknown augmentation preset {name!r}; known: {sorted(PRESETS)}')
     return PRESETS[name](**kwargs)
-
-# %% ../nbs/05_augment.ipynb #0431878a
-UPSTREAM_US_PER_SAMPLE = {'normal_pair': 116.0, 'extreme_view': 505.0}   # upstream feeders on a 2-core CPU (extreme: mid of 463-547)
-
-def _seconds(fn, sync=lambda: None):
-    t0 = time.perf_counter(); fn(); sync()
-    return time.perf_counter() - t0
-
-def _bench_views(views, what, batch, frames, joints, persons, repeats, warmup, reference_samples, device, num_threads, seed, malloc=False):
-    device = torch.device(device)
-    tuned = False
-    if malloc:
-        from skelnb.runtime import tune_malloc
-        tuned = tune_malloc()
-    old_threads = torch.get_num_threads()
-    if num_threads: torch.set_num_threads(num_threads)
-    try:
-        x = (0.3 * torch.randn(batch, 3, frames, joints, persons, generator=torch.Generator().manual_seed(seed))).to(device)
-        g = torch.Generator(device).manual_seed(seed)
-        sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
-        n_ref = min(reference_samples or batch, batch)
-        x_np = x[:n_ref].cpu().numpy()
-        # same parameters -> same output, every view, every sample
-        max_diff = 0.0
-        for v in views:
-            y, params = v(x, g, return_params=True)
-            for i in range(n_ref):
-                want = v.reference(x_np[i], [sample_params(p, i) for p in params])
-                max_diff = max(max_diff, float(np.abs(y[i].cpu().numpy() - want).max()))
-        if max_diff > 1e-4: raise AssertionError(f'batched and reference outputs differ by {max_diff:.3g}')
-        rng = np.random.default_rng(seed)
-        def batched():
-            for v in views: v(x, g)
-        def reference():
-            for i in range(n_ref):
-                for v in views: v.reference_random(x_np[i], rng)
-        for _ in range(warmup): batched(); sync()
-        reference()
-        times_batched, times_ref = [], []
-        for r in range(repeats):            # interleaved: a change of load on a shared machine hits both sides
-            times_batched.append(_seconds(batched, sync))
-            if r % 3 == 0: times_ref.append(_seconds(reference))
-        t_batched, t_ref = float(np.median(times_batched)), float(np.median(times_ref))
-        ours, theirs = batch / t_batched, n_ref / t_ref
-        return dict(skelnb_samples_per_s=ours, reference_samples_per_s=theirs, speedup=ours / theirs,
-                    skelnb_us_per_sample=1e6 / ours, reference_us_per_sample=1e6 / theirs,
-                    upstream_us_per_sample=UPSTREAM_US_PER_SAMPLE[what], speedup_vs_upstream=UPSTREAM_US_PER_SAMPLE[what] * ours / 1e6,
-                    max_abs_diff=max_diff, batch=(batch, 3, frames, joints, persons), device=str(device), threads=torch.get_num_threads(),
-                    load_average=os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan'), malloc_tuned=tuned)
-    finally:
-        torch.set_num_threads(old_threads)
-
-def bench_normal_pair(batch: int = 128, frames: int = 50, joints: int = 25, persons: int = 2,
-                      repeats: int = 30, warmup: int = 5,
-                      reference_samples: int | None = None, # samples the reference runs (default: the batch)
-                      device='cpu', num_threads: int | None = None, seed: int = 0,
-                      malloc: bool = False, # call `skelnb.runtime.tune_malloc` first (affects the whole process)
-                     ) -> dict:
-    "Samples/s of the two normal views (crop + shear, twice): batched skelnb vs the per-sample numpy reference."
-    return _bench_views([normal_view(), normal_view()], 'normal_pair', batch, frames, joints, persons, repeats, warmup,
-                        reference_samples, device, num_threads, seed, malloc)
-
-def bench_extreme_view(batch: int = 128, frames: int = 50, joints: int = 25, persons: int = 2,
-                       repeats: int = 30, warmup: int = 5, reference_samples: int | None = None,
-                       device='cpu', num_threads: int | None = None, seed: int = 0, aug_method: str = '12345',
-                       malloc: bool = False, # call `skelnb.runtime.tune_malloc` first (affects the whole process)
-                      ) -> dict:
-    "Samples/s of AimCLR's extreme view: batched skelnb vs the per-sample numpy reference."
-    return _bench_views([aimclr_extreme(aug_method)], 'extreme_view', batch, frames, joints, persons, repeats, warmup,
-                        reference_samples, device, num_threads, seed, malloc)
 
 # %% ../nbs/05_augment.ipynb #9e1c6250
 AUGMENTATIONS = {'temporal_crop': TemporalCrop, 'shear': Shear, 'spatial_flip': SpatialFlip, 'rotate': Rotate,

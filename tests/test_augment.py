@@ -432,6 +432,7 @@ def test_import_is_light():
 
 
 def test_benchmarks_run_small():
+    from skelnb.bench import bench_normal_pair, bench_extreme_view
     for bench in (bench_normal_pair, bench_extreme_view):
         r = bench(batch=8, repeats=2, warmup=1)
         assert r['max_abs_diff'] < 1e-4 and r['skelnb_samples_per_s'] > 0 and r['reference_samples_per_s'] > 0
