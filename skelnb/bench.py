@@ -593,7 +593,8 @@ def bench_allocator(batch_size=64, hidden=64, frames=50, joints=25, persons=2, s
     return {'default_samples_per_s': default, 'fast_samples_per_s': fast, 'speedup': fast / default, **args}
 
 # %% ../nbs/90_bench.ipynb #c659bbef
-from .augment import normal_view, aimclr_extreme, sample_params
+from .augment.presets import normal_view, aimclr_extreme
+from .augment.reference import reference, reference_random, sample_params
 
 UPSTREAM_US_PER_SAMPLE = {'normal_pair': 116.0, 'extreme_view': 505.0}   # upstream feeders on a 2-core CPU (extreme: mid of 463-547)
 
@@ -612,7 +613,7 @@ def _bench_views(views, what, batch, frames, joints, persons, repeats, warmup, r
         for v in views:
             y, params = v(x, g, return_params=True)
             for i in range(n_ref):
-                want = v.reference(x_np[i], [sample_params(p, i) for p in params])
+                want = reference(v, x_np[i], [sample_params(p, i) for p in params])
                 max_diff = max(max_diff, float(np.abs(y[i].cpu().numpy() - want).max()))
         if max_diff > 1e-4: raise AssertionError(f'batched and reference outputs differ by {max_diff:.3g}')
         rng = np.random.default_rng(seed)
@@ -620,7 +621,7 @@ def _bench_views(views, what, batch, frames, joints, persons, repeats, warmup, r
             for v in views: v(x, g)
         def per_sample():
             for i in range(n_ref):
-                for v in views: v.reference_random(x_np[i], rng)
+                for v in views: reference_random(v, x_np[i], rng)
         for _ in range(warmup): batched()
         synchronize(device)
         per_sample()
