@@ -10,7 +10,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .skeleton import STREAMS, get_layout, to_stream
-from .augment import a2mc_view, a2mc_eval, Compose, TemporalMask
+from .augment.core import Compose
+from .augment.ops import TemporalMask
+from .augment.presets import a2mc_view, a2mc_eval
 from .encoders.scdnet import SCDNetEncoder, SCDNET_PRESETS, get_scdnet_config
 from .encoders.stgcn import STGCN, STGCN_PRESETS, get_stgcn_config, mlp_head
 from fastcore.basics import patch

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from .skeleton import STREAMS
-from .augment import normal_view, aimclr_extreme, AIMCLR_OPS
+from .augment.presets import normal_view, aimclr_extreme, AIMCLR_OPS
 from .encoders.stgcn import STGCN
 from .encoders.necks import EADM
 from .losses import aimclr_losses

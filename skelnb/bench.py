@@ -15,10 +15,11 @@ from .encoders.stgcn import _set_dropout, saved_tensor_bytes
 from .train import seed_everything, ToyMoCo
 
 # %% auto #0
-__all__ = ['BenchCase', 'min_ratio', 'max_value', 'run_isolated', 'BenchSkipped', 'bench_cases', 'onednn_version', 'onednn_isa',
-           'machine_info', 'machine_header', 'run_benchmarks', 'format_row', 'results_markdown', 'profile_method_step',
-           'merge_results', 'bench_cli', 'bench_graph_conv', 'matmul_peak_gflops', 'bench_stgcn', 'bench_checkpointing',
-           'bench_allocator']
+__all__ = ['UPSTREAM_US_PER_SAMPLE', 'BenchCase', 'min_ratio', 'max_value', 'run_isolated', 'BenchSkipped', 'bench_cases',
+           'onednn_version', 'onednn_isa', 'machine_info', 'machine_header', 'run_benchmarks', 'format_row',
+           'results_markdown', 'profile_method_step', 'merge_results', 'bench_cli', 'bench_graph_conv',
+           'matmul_peak_gflops', 'bench_stgcn', 'bench_checkpointing', 'bench_allocator', 'bench_normal_pair',
+           'bench_extreme_view']
 
 # %% ../nbs/90_bench.ipynb #f4326416
 @dataclass
@@ -92,8 +93,8 @@ def _run_normalize(quick, device):
 
 def _run_aug(which):
     def run(quick, device):
-        from skelnb import augment
-        fn = getattr(augment, which)
+        from skelnb import bench
+        fn = getattr(bench, which)
         kw = dict(batch=8, repeats=3, warmup=1) if quick else dict(batch=128, repeats=30, warmup=5)
         return fn(device=device, **kw)
     return run
@@ -590,3 +591,70 @@ def bench_allocator(batch_size=64, hidden=64, frames=50, joints=25, persons=2, s
     assert all(r['losses'] == res['default'][0]['losses'] for r in res['default'] + res['fast']), 'the allocator changed the results'
     default, fast = (float(np.median([r['samples_per_s'] for r in res[k]])) for k in ('default', 'fast'))
     return {'default_samples_per_s': default, 'fast_samples_per_s': fast, 'speedup': fast / default, **args}
+
+# %% ../nbs/90_bench.ipynb #c659bbef
+from .augment.presets import normal_view, aimclr_extreme
+from .augment.reference import reference, reference_random, sample_params
+
+UPSTREAM_US_PER_SAMPLE = {'normal_pair': 116.0, 'extreme_view': 505.0}   # upstream feeders on a 2-core CPU (extreme: mid of 463-547)
+
+def _bench_views(views, what, batch, frames, joints, persons, repeats, warmup, reference_samples, device, num_threads, seed, malloc=False):
+    device = torch.device(device)
+    tuned = tune_malloc() if malloc else False
+    old_threads = torch.get_num_threads()
+    if num_threads: torch.set_num_threads(num_threads)
+    try:
+        x = (0.3 * torch.randn(batch, 3, frames, joints, persons, generator=torch.Generator().manual_seed(seed))).to(device)
+        g = torch.Generator(device).manual_seed(seed)
+        n_ref = min(reference_samples or batch, batch)
+        x_np = x[:n_ref].cpu().numpy()
+        # same parameters -> same output, every view, every sample
+        max_diff = 0.0
+        for v in views:
+            y, params = v(x, g, return_params=True)
+            for i in range(n_ref):
+                want = reference(v, x_np[i], [sample_params(p, i) for p in params])
+                max_diff = max(max_diff, float(np.abs(y[i].cpu().numpy() - want).max()))
+        if max_diff > 1e-4: raise AssertionError(f'batched and reference outputs differ by {max_diff:.3g}')
+        rng = np.random.default_rng(seed)
+        def batched():
+            for v in views: v(x, g)
+        def per_sample():
+            for i in range(n_ref):
+                for v in views: reference_random(v, x_np[i], rng)
+        for _ in range(warmup): batched()
+        synchronize(device)
+        per_sample()
+        times_batched, times_ref = [], []
+        for r in range(repeats):            # interleaved: a change of load on a shared machine hits both sides
+            times_batched.append(timeit(batched, 1, 0, device))
+            if r % 3 == 0: times_ref.append(timeit(per_sample, 1, 0))
+        t_batched, t_ref = float(np.median(times_batched)), float(np.median(times_ref))
+        ours, theirs = batch / t_batched, n_ref / t_ref
+        return dict(skelnb_samples_per_s=ours, reference_samples_per_s=theirs, speedup=ours / theirs,
+                    skelnb_us_per_sample=1e6 / ours, reference_us_per_sample=1e6 / theirs,
+                    upstream_us_per_sample=UPSTREAM_US_PER_SAMPLE[what], speedup_vs_upstream=UPSTREAM_US_PER_SAMPLE[what] * ours / 1e6,
+                    max_abs_diff=max_diff, batch=(batch, 3, frames, joints, persons), device=str(device), threads=torch.get_num_threads(),
+                    load_average=os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan'), malloc_tuned=tuned)
+    finally:
+        torch.set_num_threads(old_threads)
+
+# %% ../nbs/90_bench.ipynb #95276444
+def bench_normal_pair(batch: int = 128, frames: int = 50, joints: int = 25, persons: int = 2,
+                      repeats: int = 30, warmup: int = 5,
+                      reference_samples: int | None = None, # samples the reference runs (default: the batch)
+                      device='cpu', num_threads: int | None = None, seed: int = 0,
+                      malloc: bool = False, # call `skelnb.runtime.tune_malloc` first (affects the whole process)
+                     ) -> dict:
+    "Samples/s of the two normal views (crop + shear, twice): batched skelnb vs the per-sample numpy reference."
+    return _bench_views([normal_view(), normal_view()], 'normal_pair', batch, frames, joints, persons, repeats, warmup,
+                        reference_samples, device, num_threads, seed, malloc)
+
+def bench_extreme_view(batch: int = 128, frames: int = 50, joints: int = 25, persons: int = 2,
+                       repeats: int = 30, warmup: int = 5, reference_samples: int | None = None,
+                       device='cpu', num_threads: int | None = None, seed: int = 0, aug_method: str = '12345',
+                       malloc: bool = False, # call `skelnb.runtime.tune_malloc` first (affects the whole process)
+                      ) -> dict:
+    "Samples/s of AimCLR's extreme view: batched skelnb vs the per-sample numpy reference."
+    return _bench_views([aimclr_extreme(aug_method)], 'extreme_view', batch, frames, joints, persons, repeats, warmup,
+                        reference_samples, device, num_threads, seed, malloc)

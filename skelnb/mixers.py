@@ -7,7 +7,7 @@ from __future__ import annotations
 import math, statistics, time
 import torch
 import torch.nn.functional as F
-from .augment import rand_uniform, rand_int
+from .augment.core import rand_uniform, rand_int
 
 # %% auto #0
 __all__ = ['pnm_pairs', 'pnm_mixtures', 'pnm_mix_loss', 'a2mc_mix_loss', 'pnm_linear_repulsion', 'pnm_negatives',

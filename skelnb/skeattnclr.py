@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .skeleton import STREAMS, get_layout, to_stream
-from .augment import normal_view, part_swap
+from .augment.ops import part_swap
+from .augment.presets import normal_view
 from .encoders.stgcn import STGCN, upstream_init_
 from .encoders.necks import AttentionMaskNeck, skeattnclr_projector, skeattnclr_predictor
 from .memory import MoCoQueue, momentum_update, cosine_momentum, init_momentum_encoder

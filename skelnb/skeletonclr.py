@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from .skeleton import STREAMS, get_layout, to_stream
-from .augment import normal_view
+from .augment.presets import normal_view
 from .encoders.stgcn import STGCN, get_stgcn_config, upstream_init_
 from .memory import MoCoQueue, MultiViewQueue, momentum_update
 from .losses import info_nce, crossclr_loss

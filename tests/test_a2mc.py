@@ -8,7 +8,9 @@ import torch.nn.functional as F
 
 from skelnb.a2mc import A2MC, A2MCConfig, A2MC_PRESETS, A2MC_TRAIN_RECIPES, SCDNetBackbone, a2mc_config, a2mc_train_config
 from skelnb.attacks import att_aug
-from skelnb.augment import a2mc_view, Compose, TemporalMask
+from skelnb.augment.core import Compose
+from skelnb.augment.ops import TemporalMask
+from skelnb.augment.presets import a2mc_view
 from skelnb.data import ArrayDataset
 from skelnb.losses import scd_losses
 from skelnb.mixers import a2mc_mix_loss

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from skelnb.aimclr import AIMCLR_PRESETS, AIMCLR_TRAIN_RECIPES, AimCLR, AimCLRConfig, aimclr_config, extreme_embeddings
-from skelnb.augment import aimclr_extreme, normal_view
+from skelnb.augment.presets import aimclr_extreme, normal_view
 from skelnb.data import SkeletonDataset, ensure_synthetic_dataset
 from skelnb.encoders.necks import EADM, eadm_drop
 from skelnb.checkpoint import load_upstream_checkpoint

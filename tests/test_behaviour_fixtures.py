@@ -69,7 +69,7 @@ def encoder_fixtures() -> dict:
 
 
 def augment_fixtures() -> dict:
-    from skelnb.augment import PRESETS, get_preset
+    from skelnb.augment.presets import PRESETS, get_preset
     x = _batch(6)['x']
     out = {}
     for name in PRESETS:

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from skelnb.augment import get_preset, part_swap
+from skelnb.augment.ops import part_swap
+from skelnb.augment.presets import get_preset
 from skelnb.encoders.stgcn import upstream_stgcn_keys
 from skelnb.losses import info_nce
 from skelnb.memory import cosine_momentum

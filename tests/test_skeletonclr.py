@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from skelnb.augment import normal_view
+from skelnb.augment.presets import normal_view
 from skelnb.data import SkeletonDataset, ensure_synthetic_dataset
 from skelnb.checkpoint import load_upstream_checkpoint
 from skelnb.encoders.stgcn import upstream_stgcn_keys
