@@ -40,7 +40,8 @@ F32_MAX = float(np.finfo(np.float32).max)
 def representable(x) -> np.ndarray:
     "Elementwise: finite, and within float32's range (the readers' output type), so no reader returns inf or NaN."
     x = np.asarray(x)
-    return np.isfinite(x) & (np.abs(x) <= F32_MAX) if x.dtype.kind == 'f' else np.ones(x.shape, bool)
+    if x.dtype.kind != 'f': return np.ones(x.shape, bool)
+    return np.isfinite(x) & (np.abs(x) <= F32_MAX) if x.dtype.itemsize > 4 else np.isfinite(x)   # float16/32 cannot exceed it
 
 # %% ../nbs/01_formats.ipynb #ca0a54b0
 DATASET_SOURCES = {
@@ -836,9 +837,11 @@ def read_label_pickle(path) -> tuple: # (names list, labels int64 array)
         raise SkeletonFormatError(path, None, 'a label pickle holds (names, labels) of equal length')
     return [str(n) for n in obj[0]], np.asarray(obj[1], np.int64)
 
-# %% ../nbs/01_formats.ipynb #de6990ad
-def read_npy_header(path) -> tuple: # (shape, dtype, offset of the data)
-    "The header of a `.npy` file, checked against the file's size; `SkeletonFormatError` naming the file."
+# %% ../nbs/01_formats.ipynb #be2d352d
+def read_npy_header(path,                 # a `.npy` file
+                    check_size:bool=True, # compare the size the header announces with the file's
+                   ) -> tuple:            # (shape, dtype, offset of the data)
+    "The header of a `.npy` file (nothing else is read); `SkeletonFormatError` naming the file."
     try:
         with open(path, 'rb') as f:
             version = np.lib.format.read_magic(f)
@@ -848,7 +851,8 @@ def read_npy_header(path) -> tuple: # (shape, dtype, offset of the data)
     except OSError: raise
     except Exception as e: raise SkeletonFormatError(path, None, f'not a valid .npy file ({type(e).__name__}: {e})') from None
     need, have = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize, os.path.getsize(path)
-    if need != have: raise SkeletonFormatError(path, None, f'the header announces {shape} {dtype} ({need} bytes) but the file has {have} bytes')
+    if check_size and need != have:
+        raise SkeletonFormatError(path, None, f'the header announces {shape} {dtype} ({need} bytes) but the file has {have} bytes')
     return shape, dtype, offset
 
 def load_npy(path,                  # a `.npy` file (never unpickled)
@@ -858,9 +862,10 @@ def load_npy(path,                  # a `.npy` file (never unpickled)
              mmap:bool=False,       # memory-map instead of reading
             ) -> np.ndarray:
     "`np.load` with its header checked first: dtype kind, rank and size; every failure names the file."
-    shape, dtype, _ = read_npy_header(path)
+    shape, dtype, _ = read_npy_header(path, check_size=False)
     if dtype.kind not in kinds or len(shape) not in ndims:
         raise SkeletonFormatError(path, None, f'expected a {what} array of kind {kinds!r}, the header says {dtype} {shape}')
+    read_npy_header(path)                                       # then the size
     try: return np.load(path, mmap_mode='r' if mmap else None, allow_pickle=False)
     except Exception as e: raise SkeletonFormatError(path, None, f'not a valid .npy file ({type(e).__name__}: {e})') from None
 
@@ -882,7 +887,7 @@ def read_npy_clip(path,         # `.npy` file holding one clip `(T, V, C)` or `(
     clip = np.ascontiguousarray(a.transpose(3, 1, 2, 0), dtype=np.float32)
     return clip, {'name': Path(str(path)).stem, 'path': str(path), 'frames': T, 'persons': M, 'coords': C}
 
-# %% ../nbs/01_formats.ipynb #360b830c
+# %% ../nbs/01_formats.ipynb #49d0cac6
 LABELS_COLUMNS = ('file', 'label', 'split', 'subject', 'view')
 SPLIT_NAME = re.compile(r'[A-Za-z0-9_-][A-Za-z0-9_.-]*')
 
@@ -923,7 +928,7 @@ def read_labels_csv(path,       # the labels table of a folder of clips
             continue
         row = f'unreadable line ({cells})' if isinstance(cells, Exception) else _labels_row(cells, cols, n, path, first_line)
         if isinstance(row, str):
-            name = cells[cols.index('file')].strip() if not isinstance(cells, Exception) and len(cells) == len(cols) else ''
+            name = cells[cols.index('file')].strip() if not isinstance(cells, Exception) and len(cells) > cols.index('file') else ''
             problems.append({'name': name or f'line {n}', 'line': n, 'path': str(path), 'reason': str(SkeletonFormatError(path, n, row))})
         else: rows.append(row); first_line[row['file']] = n
     if cols is None: raise SkeletonFormatError(path, 1, 'the file is empty: it needs a header line (file,label[,split,subject,view])')

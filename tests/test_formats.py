@@ -319,7 +319,7 @@ def test_labels_csv(tmp_path):
     p.write_bytes('\ufefffile,label,view\r\nα/1.npy,schwingen,2\r\nb.npy,3, \r\n/abs.npy,x,1\r\nc.npy,x\r\n'.encode())
     rows, problems = read_labels_csv(p)
     assert rows == [{'line': 2, 'file': 'α/1.npy', 'label': 'schwingen', 'view': 2}, {'line': 3, 'file': 'b.npy', 'label': '3', 'view': None}]
-    assert [(q['line'], q['name']) for q in problems] == [(4, '/abs.npy'), (5, 'line 5')]
+    assert [(q['line'], q['name']) for q in problems] == [(4, '/abs.npy'), (5, 'c.npy')]
     assert problems[0]['reason'] == f"{p}, line 4: field 'file': '/abs.npy' must be a path inside the folder (relative, no '..')"
     p.write_bytes(b'file,label\n\xff\xfe.npy,1\n')
     with pytest.raises(SkeletonFormatError, match='not UTF-8 text'): read_labels_csv(p)
