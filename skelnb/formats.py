@@ -12,7 +12,7 @@ from .skeleton import get_layout, convert_layout
 
 # %% auto #0
 __all__ = ['F32_MAX', 'DATASET_SOURCES', 'NAME_PATTERNS', 'NTU_BODY_FIELDS', 'NTU_JOINT_FIELDS', 'SELECTIONS', 'PKU_VIEWS',
-           'LABELS_COLUMNS', 'SPLIT_NAME', 'SkeletonFormatError', 'representable', 'shared_data_dir',
+           'MAX_CLASSES', 'LABELS_COLUMNS', 'SPLIT_NAME', 'SkeletonFormatError', 'representable', 'shared_data_dir',
            'parse_sample_name', 'parse_decimal_tokens', 'NTUSkeletonFile', 'parse_ntu_skeleton', 'bodies_to_clip',
            'read_ntu_skeleton', 'read_ntu_skeleton_lines', 'write_ntu_skeleton', 'bench_ntu_reader', 'read_utd_mat',
            'read_nw_ucla_json', 'read_number_table', 'read_msr_text', 'iter_msr_tar', 'read_msr_file_list',
@@ -762,6 +762,10 @@ def write_pyskl(path,                # `.pkl` file to write
     with open(path, 'wb') as f: pickle.dump({'split': {k: list(v) for k, v in (split or {}).items()}, 'annotations': anns}, f, protocol=4)
     return path
 
+MAX_CLASSES = 100_000   # class indices above this are taken for damage, not for a dataset
+
+def _show(v): return str(int(v)) if isinstance(v, np.integer) else repr(v)
+
 def _describe(x): return f"{type(x).__name__} {getattr(x, 'dtype', '')} {getattr(x, 'shape', '')}".strip()
 
 def _first_bad(a, what):
@@ -788,10 +792,10 @@ def pyskl_annotation_problem(a,       # one entry of `annotations`
             return f"{who}: 'keypoint_score' must be a numeric (M, T, V) = {kp.shape[:3]} array, got {_describe(sc)}"
         if not representable(sc).all(): return f"{who}: " + _first_bad(sc, "'keypoint_score'")
     lab = a.get('label')
-    if not isinstance(lab, (int, np.integer)) or isinstance(lab, bool) or lab < 0:
-        return f"{who}: 'label' must be a non-negative integer, got {lab!r}"
+    if not isinstance(lab, (int, np.integer)) or isinstance(lab, bool) or not 0 <= lab < MAX_CLASSES:
+        return f"{who}: 'label' must be a non-negative integer below {MAX_CLASSES}, got {_show(lab)}"
     tf = a.get('total_frames', kp.shape[1])
-    if not isinstance(tf, (int, np.integer)) or tf != kp.shape[1]: return f"{who}: 'total_frames' is {tf!r} but 'keypoint' has {kp.shape[1]} frames"
+    if not isinstance(tf, (int, np.integer)) or tf != kp.shape[1]: return f"{who}: 'total_frames' is {_show(tf)} but 'keypoint' has {kp.shape[1]} frames"
     return None
 
 # %% ../nbs/01_formats.ipynb #6c72bcf3
@@ -887,7 +891,7 @@ def read_npy_clip(path,         # `.npy` file holding one clip `(T, V, C)` or `(
     clip = np.ascontiguousarray(a.transpose(3, 1, 2, 0), dtype=np.float32)
     return clip, {'name': Path(str(path)).stem, 'path': str(path), 'frames': T, 'persons': M, 'coords': C}
 
-# %% ../nbs/01_formats.ipynb #49d0cac6
+# %% ../nbs/01_formats.ipynb #44b50185
 LABELS_COLUMNS = ('file', 'label', 'split', 'subject', 'view')
 SPLIT_NAME = re.compile(r'[A-Za-z0-9_-][A-Za-z0-9_.-]*')
 
@@ -902,6 +906,8 @@ def _labels_row(cells, cols, n, path, first_line):
     if Path(f).is_absolute() or '..' in Path(f).parts: return f"field 'file': {f!r} must be a path inside the folder (relative, no '..')"
     if f in first_line: return f"field 'file': {f!r} is listed on line {first_line[f]} already"
     if not row['label']: return "field 'label' is empty"
+    if re.fullmatch(r'\d+', row['label']) and int(row['label']) >= MAX_CLASSES:
+        return f"field 'label': {row['label']} is not a class index below {MAX_CLASSES}"
     if 'split' in row and not SPLIT_NAME.fullmatch(row['split']):
         return f"field 'split': {row['split']!r} is not a split name (letters, digits, '_', '-', '.')"
     for k in ('subject', 'view'):

@@ -594,7 +594,7 @@ def _store_meta(meta, s, clip, length, extra_keys):
     meta['length'].append(int(length)); meta['source_frames'].append(int(clip.shape[1]))
     for k in extra_keys: meta[k].append(s.get(k))
 
-# %% ../nbs/02_prepare.ipynb #0853525a
+# %% ../nbs/02_prepare.ipynb #c2dabae7
 def prepare_samples(out,                 # output folder
                     samples:dict,        # {split: [{'name', 'label', 'subject', 'view', ...}, ...]}
                     load,                # load(sample) -> clip (C, T, V, M); any exception skips (and reports) that sample
@@ -633,9 +633,12 @@ def prepare_samples(out,                 # output folder
                 if not clips: continue
                 batch, lengths = normalize_batch(clips, normalization, frames, layout, coords=coords, **norm_kwargs)
                 if has_score and score == 'weight': batch = batch[:, :coords] * batch[:, coords:]
-                w.append(batch)
-                for s, c, l in zip(good, clips, lengths.tolist()):
-                    labels.append(s['label']); _store_meta(meta, s, c, l, extra_keys)
+                finite = representable(batch).reshape(len(batch), -1).all(1)   # huge inputs can overflow float32 on the way
+                w.append(batch[finite])
+                for s, c, l, ok in zip(good, clips, lengths.tolist(), finite):
+                    if ok: labels.append(s['label']); _store_meta(meta, s, c, l, extra_keys)
+                    else: report['skipped'].append({'name': s['name'], 'split': split, 'path': s.get('path'),
+                                                    'reason': f"{s.get('path') or s['name']}: the normalised clip overflows float32 (coordinates too large)"})
             w.close(labels, meta, info)
         except BaseException:
             w.abort(); raise
@@ -839,7 +842,7 @@ def prepare_msr(src=None,                 # `MSRAction3DSkeletonReal3D.tar.xz` o
     return prepare_samples(out, samples, lambda s: clips[s['name']][0], info, normalization, frames, persons,
                            skipped=skipped, **norm_kwargs)
 
-# %% ../nbs/02_prepare.ipynb #27df1013
+# %% ../nbs/02_prepare.ipynb #61788c9d
 def parse_split_map(split,               # 'NAME=SPLIT,NAME=SPLIT' (e.g. 'xsub_train=train,xsub_val=test'), a dict, or None
                     option:str='--split', # the option's name, for messages
                    ) -> dict | None:     # {source split name: prepared split name}, or None for every split as named
@@ -865,6 +868,12 @@ def _spread(items:list, limit:int=None) -> list:
     "At most `limit` of `items`, evenly spread over the list (all of them without a limit)."
     if limit is None or limit >= len(items): return list(items)
     return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)] if limit > 0 else []
+
+def _some(samples:dict, skipped:list, path):
+    "A `SkeletonFormatError` naming `path` when no split lists a sample to prepare."
+    if any(samples.values()): return
+    why = f'{len(skipped)} skipped, the first: {skipped[0]["reason"]}' if skipped else 'none is listed'
+    raise SkeletonFormatError(path, None, f'no sample to prepare ({why})')
 
 def _name_fields(name) -> tuple: # (subject, view) coded in a sample name, or Nones
     try: f = parse_sample_name(name)
@@ -901,7 +910,7 @@ def pyskl_samples(obj:dict,        # `read_pyskl` output: checked annotations an
             seen.add(fd)
     return samples, skipped
 
-# %% ../nbs/02_prepare.ipynb #b384d921
+# %% ../nbs/02_prepare.ipynb #f9594ddb
 def prepare_pyskl(src,                    # pyskl/mmaction2 annotation pickle (read with the restricted unpickler)
                   out,                    # output folder
                   layout,                 # joint layout of the keypoints: 'coco17', 'ntu25', 'openpose25', ... or a `Layout`
@@ -923,6 +932,7 @@ def prepare_pyskl(src,                    # pyskl/mmaction2 annotation pickle (r
     if not anns: raise SkeletonFormatError(src, None, 'the pickle holds no annotations' if not errors else
                                            f'no annotation is readable ({len(errors)} bad); the first: {errors[0]["reason"]}')
     samples, skipped = pyskl_samples(obj, src, parse_split_map(split), {e['name'] for e in errors})
+    _some(samples, errors + skipped, src)
     samples = {k: _spread(v, limit) for k, v in samples.items()}
     coords, with_score = anns[0]['keypoint'].shape[3], anns[0].get('keypoint_score') is not None
     def load(s):
@@ -941,7 +951,7 @@ def prepare_pyskl(src,                    # pyskl/mmaction2 annotation pickle (r
                            persons or min(2, most), skipped=errors + skipped, channels=('x', 'y', 'z')[:coords] + ('score',) * with_score,
                            score=score, **norm_kwargs)
 
-# %% ../nbs/02_prepare.ipynb #f5202150
+# %% ../nbs/02_prepare.ipynb #3abfa22c
 def class_names_of(labels:list, # the label column, as text
                   ) -> list:    # class names; a label's class is its index in this list
     "Classes of a label column: '0'..'K-1' when every label is an integer (0-based indices), else the sorted distinct names."
@@ -957,26 +967,29 @@ def folder_samples(src,            # the folder of clips
     root, kept = Path(src).resolve(), []
     for r in rows:
         p = Path(src) / r['file']
-        if not p.resolve().is_relative_to(root): problem = f"field 'file': {r['file']!r} leads outside {src}"
-        elif not p.is_file(): problem = f"field 'file': {r['file']!r} is not a file in {src}"
-        else: kept.append(r); continue
+        try:
+            if not p.resolve().is_relative_to(root): problem = f"field 'file': {r['file']!r} leads outside {src}"
+            elif not p.is_file(): problem = f"field 'file': {r['file']!r} is not a file in {src}"
+            else: kept.append(r); continue
+        except (OSError, ValueError) as e: problem = f"field 'file': {r['file']!r} cannot be opened ({type(e).__name__}: {e})"
         skipped.append({'name': r['file'], 'line': r['line'], 'path': str(labels), 'reason': str(SkeletonFormatError(labels, r['line'], problem))})
     have = {r.get('split', 'train') for r in rows}
     if split_map is not None:
         unknown = [k for k in split_map if k not in have]
         if unknown: raise SkeletonFormatError(labels, None, f"the split {unknown[0]!r} (from --split) is not in the table's split column; its splits are {sorted(have)}")
-    names = class_names_of([r['label'] for r in rows])
+    text = [r['label'] for r in rows]
+    names = class_names_of(text)
     index = {n: i for i, n in enumerate(names)}
+    if text and all(re.fullmatch(r'\d+', l) for l in text): index = {l: int(l) for l in text}   # class indices as given
     samples = {}
     for r in kept:
         split = (split_map or {}).get(r.get('split', 'train')) if split_map else r.get('split', 'train')
         if split is None: continue
-        label = index[str(int(r['label']))] if names and names[0] == '0' and r['label'].isdigit() else index[r['label']]
-        samples.setdefault(split, []).append({'name': r['file'], 'label': label, 'subject': r.get('subject'), 'view': r.get('view'),
+        samples.setdefault(split, []).append({'name': r['file'], 'label': index[r['label']], 'subject': r.get('subject'), 'view': r.get('view'),
                                               'path': str(Path(src) / r['file']), 'line': r['line']})
     return samples, skipped, names
 
-# %% ../nbs/02_prepare.ipynb #dd8d4fad
+# %% ../nbs/02_prepare.ipynb #f9326eb2
 def prepare_folder(src,                    # folder of `.npy` clips, (T, V, C) or (M, T, V, C) with C = 2 or 3
                    out,                    # output folder
                    layout,                 # joint layout of the clips ('ntu25', 'coco17', ... or a `Layout`)
@@ -995,6 +1008,7 @@ def prepare_folder(src,                    # folder of `.npy` clips, (T, V, C) o
     labels = Path(labels) if labels else src / 'labels.csv'
     if not labels.is_file(): raise FileNotFoundError(f'{labels} not found: a folder of clips needs a labels table (file,label[,split,subject,view])')
     samples, skipped, class_names = folder_samples(src, labels, parse_split_map(split))
+    _some(samples, skipped, labels)
     samples = {k: _spread(v, limit) for k, v in samples.items()}
     shapes = []                                 # from the headers only; a bad file is reported when its clip is read
     for s in (s for v in samples.values() for s in v):

@@ -255,9 +255,10 @@ def test_pyskl_score_channel(tmp_path):
 
 
 @pytest.mark.parametrize('edit, field', [
-    (lambda a: a.update(label=-2), "'label' must be a non-negative integer, got -2"),
-    (lambda a: a.update(label='3'), "'label' must be a non-negative integer, got '3'"),
-    (lambda a: a.pop('label'), "'label' must be a non-negative integer, got None"),
+    (lambda a: a.update(label=-2), "'label' must be a non-negative integer below 100000, got -2"),
+    (lambda a: a.update(label='3'), "'label' must be a non-negative integer below 100000, got '3'"),
+    (lambda a: a.pop('label'), "'label' must be a non-negative integer below 100000, got None"),
+    (lambda a: a.update(label=np.int64(2 ** 40)), "'label' must be a non-negative integer below 100000, got 1099511627776"),
     (lambda a: a.update(total_frames=99), "'total_frames' is 99 but 'keypoint' has 4 frames"),
     (lambda a: a.update(keypoint_score=a['keypoint_score'][..., :3]), "'keypoint_score' must be a numeric (M, T, V) = (1, 4, 17) array"),
     (lambda a: a['keypoint_score'].__setitem__((0, 2, 6), np.nan), "'keypoint_score' holds a non-finite value (NaN, inf or beyond float32) at person 0, frame 2, joint 6"),
@@ -316,8 +317,9 @@ def test_npy_clip_reader(tmp_path):
 
 def test_labels_csv(tmp_path):
     p = tmp_path / 'labels.csv'
-    p.write_bytes('\ufefffile,label,view\r\nα/1.npy,schwingen,2\r\nb.npy,3, \r\n/abs.npy,x,1\r\nc.npy,x\r\n'.encode())
+    p.write_bytes('\ufefffile,label,view\r\nα/1.npy,schwingen,2\r\nb.npy,3, \r\n/abs.npy,x,1\r\nc.npy,x\r\nd.npy,100000,1\r\n'.encode())
     rows, problems = read_labels_csv(p)
+    assert problems.pop()['reason'] == f"{p}, line 6: field 'label': 100000 is not a class index below 100000"
     assert rows == [{'line': 2, 'file': 'α/1.npy', 'label': 'schwingen', 'view': 2}, {'line': 3, 'file': 'b.npy', 'label': '3', 'view': None}]
     assert [(q['line'], q['name']) for q in problems] == [(4, '/abs.npy'), (5, 'c.npy')]
     assert problems[0]['reason'] == f"{p}, line 4: field 'file': '/abs.npy' must be a path inside the folder (relative, no '..')"

@@ -456,7 +456,7 @@ def test_prepare_pyskl_skips_and_reports_bad_samples(tmp_path):
     assert "'keypoint' (1, 11, 18, 2) has 18 joints, layout 'coco17' has 17" in why[names[1]]
     assert "'keypoint' holds a non-finite value (NaN, inf or beyond float32) at person 0, frame 4, joint 3" in why[names[2]]
     assert "no 'keypoint_score' (the first annotation has one)" in why[names[3]]
-    assert "'label' must be a non-negative integer, got -1" in why[names[5]] and 'has C = 1 values per joint' in why[names[6]]
+    assert "'label' must be a non-negative integer below 100000, got -1" in why[names[5]] and 'has C = 1 values per joint' in why[names[6]]
     assert "the split 'xsub_val' lists 'nobody', which no annotation has" in why['nobody']
     assert json.loads((tmp_path / 'out' / 'prepare_report.json').read_text())['skipped'] == rep['skipped']
 
@@ -469,6 +469,8 @@ def test_prepare_pyskl_skips_and_reports_bad_samples(tmp_path):
     (None, {'split': 'xsub_train'}, "--split: 'xsub_train' is not NAME=SPLIT"),
     (None, {'score': 'keep'}, "score must be one of ('channel', 'weight', 'drop')"),
     (None, {'normalization': 'none', 'score': 'weight'}, "score='weight' multiplies centred coordinates"),
+    (pickle.dumps({'split': {'train': []}, 'annotations': [{'frame_dir': 'a', 'label': 0, 'keypoint': np.ones((1, 2, 17, 2))}]}), {},
+     'x.pkl: no sample to prepare (none is listed)'),
 ])
 def test_prepare_pyskl_whole_file_errors(tmp_path, payload, kw, message):
     p = tmp_path / 'x.pkl'
@@ -544,11 +546,14 @@ def test_prepare_folder_skips_bad_rows_and_files(tmp_path):
     ('file,label,split\na.npy,x,train\n', {'split': 'validation=test'}, SkeletonFormatError,
      "the split 'validation' (from --split) is not in the table's split column; its splits are ['train']"),
     ('file,label\na.npy,x\n', {'labels': 'nowhere.csv'}, FileNotFoundError, 'nowhere.csv not found'),
+    ('file,label\n', {}, SkeletonFormatError, 'labels.csv: no sample to prepare (none is listed)'),
+    ('file,label\n,x\n', {}, SkeletonFormatError, "no sample to prepare (1 skipped, the first: {d}/labels.csv, line 2: field 'file' is empty)"),
 ])
 def test_prepare_folder_whole_file_errors(tmp_path, table, kw, error, message):
     d = _folder(tmp_path, table)
     with pytest.raises(error) as e: prepare_folder(d, tmp_path / 'out', 'ntu25', **kw)
-    assert message in str(e.value), str(e.value)
+    assert message.format(d=d) in str(e.value), str(e.value)
+    assert not (tmp_path / 'out').exists()
 
 
 # ---------------------------------------------------------------- the command line
