@@ -1052,7 +1052,7 @@ def prepare_dataset(dataset:str, out, src=None, benchmark:str=None, normalizatio
     fn = {'nw_ucla': prepare_nw_ucla, 'utd': prepare_utd, 'msr': prepare_msr}[dataset]
     return fn(src, out, persons=persons or 1, limit=limit, **opt)
 
-# %% ../nbs/02_prepare.ipynb #58fb1b4b
+# %% ../nbs/02_prepare.ipynb #7c918938
 _HELP = {'ntu60': 'NTU RGB+D 60 (.skeleton files)', 'ntu120': 'NTU RGB+D 120 (.skeleton files)', 'pku1': 'PKU-MMD part I',
          'pku2': 'PKU-MMD part II', 'nw_ucla': 'NW-UCLA (all_sqe JSON)', 'utd': 'UTD Kinect v2 (.mat)', 'msr': 'MSR Action3D',
          'pyskl': 'a pyskl/mmaction2 annotation pickle (2-D or 3-D keypoints)', 'folder': 'a folder of .npy clips with a labels.csv'}
@@ -1067,8 +1067,10 @@ def _cli_parser() -> argparse.ArgumentParser:
             q.add_argument('src', metavar='ANNOTATIONS.pkl' if ds == 'pyskl' else 'DIR', help=_HELP[ds])
             q.add_argument('out', metavar='OUT', help='output folder')
             q.add_argument('--layout', required=True, help=f'joint layout of the keypoints: {layouts}')
-            q.add_argument('--split', metavar='NAME=SPLIT,...', help='source splits to prepare and their names here, e.g. '
-                           'xsub_train=train,xsub_val=test (default: every split, as named)')
+            q.add_argument('--split', metavar='NAME=SPLIT,...', help=(
+                "pyskl splits to prepare and their names here, e.g. xsub_train=train,xsub_val=test (default: every split, as named)"
+                if ds == 'pyskl' else "the table's split values to prepare and their names here, e.g. fit=train,val=test "
+                "(default: every split, as named; without a split column every clip is train)"))
             q.add_argument('--name', help='dataset name in info.json')
             if ds == 'pyskl': q.add_argument('--score', choices=SCORE_MODES, default='channel', help='keypoint_score: kept as a last channel (default), weight or drop')
             else: q.add_argument('--labels', metavar='labels.csv', help='the labels table: file,label[,split,subject,view] (default: DIR/labels.csv)')

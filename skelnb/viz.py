@@ -228,23 +228,6 @@ class SkeletonTraces:
             extent = max(hi - lo for lo, hi in axis_ranges(*pts, pad=0, min_width=0).values())
             self.ranges = axis_ranges(*pts, pad=0.05 * extent, min_width=max(0.2 * extent, 1e-6))
 
-    def _set_values(self, joint_values, values_name, colorscale, cmin, cmax):
-        T, V, M = self.T, self.V, self.M
-        if isinstance(joint_values, dict):
-            unknown = set(joint_values) - set(self.names)
-            if unknown: raise KeyError(f'joint_values names {sorted(unknown)} are not clips; clips are {self.names}')
-            vals = {k: joint_values_array(v, T, V, M, f'joint_values[{k!r}]') for k, v in joint_values.items() if v is not None}
-        elif joint_values is not None: vals = {k: joint_values_array(joint_values, T, V, M) for k in self.names}
-        else: vals = {}
-        self.values, self.values_name, self.colorscale = vals, values_name, colorscale
-        allv = np.concatenate([v.ravel() for v in vals.values()]) if vals else np.zeros(0)
-        allv = allv[np.isfinite(allv)]
-        self.cmin = float(cmin) if cmin is not None else (float(allv.min()) if len(allv) else 0.0)
-        self.cmax = float(cmax) if cmax is not None else (float(allv.max()) if len(allv) else 1.0)
-
-    def _add(self, spec, xyz, colors=None):
-        self.specs.append(spec); self.xyz.append(xyz); self.colors.append(colors)
-
     @staticmethod
     def scene_name(i: int) -> str: return 'scene' if i == 0 else f'scene{i + 1}'
 
@@ -253,13 +236,34 @@ class SkeletonTraces:
 
     def __len__(self): return len(self.specs)
 
-    def frame_props(self, i: int, t: int) -> dict:
-        "The properties of trace `i` that change with the frame: x, y (z in 3-D) and (with values) marker colour and customdata."
-        d = dict(zip('xyz', self.xyz[i][t]))
-        if self.colors[i] is not None: d.update(marker=dict(color=self.colors[i][t]), customdata=self.colors[i][t])
-        return d
+# %% ../nbs/04_viz.ipynb #ee82bb3b
+@patch
+def _set_values(self: SkeletonTraces, joint_values, values_name, colorscale, cmin, cmax):
+    "Per-joint values `(T, V, M)` of every clip that has them, and one colour range for all."
+    T, V, M = self.T, self.V, self.M
+    if isinstance(joint_values, dict):
+        unknown = set(joint_values) - set(self.names)
+        if unknown: raise KeyError(f'joint_values names {sorted(unknown)} are not clips; clips are {self.names}')
+        vals = {k: joint_values_array(v, T, V, M, f'joint_values[{k!r}]') for k, v in joint_values.items() if v is not None}
+    elif joint_values is not None: vals = {k: joint_values_array(joint_values, T, V, M) for k in self.names}
+    else: vals = {}
+    self.values, self.values_name, self.colorscale = vals, values_name, colorscale
+    allv = np.concatenate([v.ravel() for v in vals.values()]) if vals else np.zeros(0)
+    allv = allv[np.isfinite(allv)]
+    self.cmin = float(cmin) if cmin is not None else (float(allv.min()) if len(allv) else 0.0)
+    self.cmax = float(cmax) if cmax is not None else (float(allv.max()) if len(allv) else 1.0)
 
-# %% ../nbs/04_viz.ipynb #622b07cc
+@patch
+def _add(self: SkeletonTraces, spec, xyz, colors=None):
+    self.specs.append(spec); self.xyz.append(xyz); self.colors.append(colors)
+
+@patch
+def frame_props(self: SkeletonTraces, i: int, t: int) -> dict:
+    "The properties of trace `i` that change with the frame: x, y (z in 3-D) and (with values) marker colour and customdata."
+    d = dict(zip('xyz', self.xyz[i][t]))
+    if self.colors[i] is not None: d.update(marker=dict(color=self.colors[i][t]), customdata=self.colors[i][t])
+    return d
+
 @patch
 def trace(self: SkeletonTraces, i: int, t: int = 0):
     "Trace `i` at frame `t`, with its full style (`go.Scatter3d`, or `go.Scatter` for 2-D clips)."
@@ -284,6 +288,7 @@ def trace(self: SkeletonTraces, i: int, t: int = 0):
     return Trace(mode='markers', marker=marker, hovertext=list(self.layout.joint_names),
                  hovertemplate=hover + f"<extra>{s['name']}</extra>", showlegend=False, **common, **extra)
 
+# %% ../nbs/04_viz.ipynb #69e434a0
 @patch
 def scene_layout(self: SkeletonTraces, camera=None) -> dict:
     "One 3-D scene's axes (fixed ranges), equal scaling and camera."
