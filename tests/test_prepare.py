@@ -588,3 +588,30 @@ def test_cli_usage(capsys):
     assert 'ANNOTATIONS.pkl OUT' in out and '--layout' in out and '--score {channel,weight,drop}' in out
     with pytest.raises(SystemExit) as e: prepare_cli(['folder', 'DIR'])
     assert e.value.code == 2 and 'OUT' in capsys.readouterr().err
+
+
+def test_own_data_paths_reproduce_the_utd_preparation(shared_data, tmp_path):
+    "Real UTD clips written as a folder of .npy files and as a pyskl pickle prepare to the arrays `prepare_utd` writes."
+    from skelnb.formats import read_utd_mat
+    src = _need(shared_data, 'utd_kinect_v2') / 'skeleton'
+    prepare_utd(src, tmp_path / 'utd', limit=12)
+    ref = {s: load_prepared(tmp_path / 'utd', s) for s in ('train', 'test')}
+    d = tmp_path / 'clips'; d.mkdir()
+    rows, clips, names, labels, split = ['file,label,split'], [], [], [], {'train': [], 'test': []}
+    for s, (_, lab, meta) in ref.items():
+        for n, y in zip(meta['names'], lab.tolist()):
+            clip = read_utd_mat(src / f'{n}_skel_K2.mat')[0]                    # (3, T, 25, 1)
+            np.save(d / f'{n}.npy', clip[..., 0].transpose(1, 2, 0))            # (T, V, C)
+            rows.append(f'{n}.npy,{y},{s}'); clips.append(clip); names.append(n); labels.append(y); split[s].append(n)
+    (d / 'labels.csv').write_text('\n'.join(rows) + '\n')
+    write_pyskl(tmp_path / 'utd.pkl', clips, names, labels, split)
+    prepare_folder(d, tmp_path / 'folder', 'ntu25')
+    prepare_pyskl(tmp_path / 'utd.pkl', tmp_path / 'pyskl', 'ntu25')
+    for out in ('folder', 'pyskl'):
+        info = read_info(tmp_path / out)
+        assert (info['frames'], info['persons'], info['normalization'].split(':')[0]) == (50, 1, 'aimclr')
+        for s, (data, lab, meta) in ref.items():
+            got, glab, gmeta = load_prepared(tmp_path / out, s)
+            order = [gmeta['names'].index(n if out == 'pyskl' else f'{n}.npy') for n in meta['names']]
+            np.testing.assert_allclose(np.asarray(got)[order], data, atol=1e-5)
+            assert glab[order].tolist() == lab.tolist()              # integer labels are class indices in both
