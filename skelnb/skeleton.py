@@ -4,20 +4,31 @@
 
 # %% ../nbs/00_skeleton.ipynb #eb1fc2ed
 from __future__ import annotations
+import re
 from dataclasses import dataclass, field
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['NTU_JOINT_NAMES', 'NTU_BONES_1BASED', 'NTU_REST_POSE', 'NTU25', 'KINECT_V1', 'MSR20', 'LAYOUTS', 'STREAMS', 'Layout',
-           'mirror_from_pairs', 'register_layout', 'get_layout', 'layout_conversion_index', 'convert_layout',
-           'hop_distance', 'normalize_columns', 'Graph', 'agcn_graph', 'joint_to_motion', 'motion_to_joint',
-           'joint_to_bone', 'ancestor_matrix', 'bone_to_joint', 'to_stream']
+__all__ = ['LANDMARK_JOINTS', 'NTU_JOINT_NAMES', 'NTU_BONES_1BASED', 'NTU_REST_POSE', 'NTU25', 'KINECT_V1', 'MSR20',
+           'COCO17_JOINT_NAMES', 'COCO17', 'OPENPOSE25_JOINT_NAMES', 'OPENPOSE25', 'MEDIAPIPE33_JOINT_NAMES',
+           'MEDIAPIPE33', 'LAYOUTS', 'STREAMS', 'Layout', 'joint_side', 'check_layout', 'mirror_from_pairs',
+           'register_layout', 'get_layout', 'layout_conversion_index', 'convert_layout', 'hop_distance',
+           'normalize_columns', 'Graph', 'agcn_graph', 'joint_to_motion', 'motion_to_joint', 'joint_to_bone',
+           'ancestor_matrix', 'bone_to_joint', 'to_stream']
 
 # %% ../nbs/00_skeleton.ipynb #8e49b4ec
+LANDMARK_JOINTS = {  # landmark -> joint names that stand for it (first match wins); a layout's `landmarks` override these
+    'left_shoulder': ('left_shoulder', 'l_shoulder'),
+    'right_shoulder': ('right_shoulder', 'r_shoulder'),
+    'shoulder_center': ('spine_shoulder', 'shoulder_center', 'neck'),
+    'hip_center': ('spine_base', 'hip_center', 'mid_hip', 'pelvis'),
+    'spine_mid': ('spine_mid', 'spine'),
+}
+
 @dataclass(frozen=True)
 class Layout:
-    "A skeleton joint layout: joint names, the parent tree rooted at the centre joint, mirror pairs and body parts."
+    "A skeleton joint layout: joint names, the parent tree rooted at the centre joint, mirror pairs, body parts and landmarks."
     name: str                 # registry key, e.g. 'ntu25'
     joint_names: tuple        # one name per joint, in array order
     parents: tuple            # 0-based parent of each joint; the centre joint is its own parent
@@ -26,16 +37,9 @@ class Layout:
     parts: dict = field(default_factory=dict)  # body part name -> tuple of 0-based joints
     ntu_index: tuple | None = None             # 0-based NTU-25 joint each joint corresponds to (for conversions)
     rest_pose: tuple | None = None              # (V, 3) standing pose in metres, y up, facing the camera (-z)
+    landmarks: dict = field(default_factory=dict) # landmark name -> 0-based joints whose mean it is (see `landmark`)
 
-    def __post_init__(self):
-        V = len(self.joint_names)
-        for what, seq in (('parents', self.parents), ('mirror', self.mirror)):
-            if len(seq) != V: raise ValueError(f'layout {self.name!r}: {what} has {len(seq)} entries for {V} joints')
-            if any(not 0 <= int(j) < V for j in seq): raise ValueError(f'layout {self.name!r}: {what} holds an index outside 0..{V-1}')
-        if self.parents[self.center] != self.center: raise ValueError(f'layout {self.name!r}: the centre joint {self.center} must be its own parent')
-        if sorted(self.mirror) != list(range(V)): raise ValueError(f'layout {self.name!r}: mirror is not a permutation')
-        depth = self.depths  # raises on cycles
-        if self.ntu_index is not None and len(self.ntu_index) != V: raise ValueError(f'layout {self.name!r}: ntu_index needs {V} entries')
+    def __post_init__(self): check_layout(self)
 
     @property
     def num_joints(self) -> int: return len(self.joint_names)
@@ -53,7 +57,8 @@ class Layout:
             d, j = 0, v
             while self.parents[j] != j:
                 j, d = self.parents[j], d + 1
-                if d > self.num_joints: raise ValueError(f'layout {self.name!r}: the parent tree has a cycle through joint {v}')
+                if d > self.num_joints:
+                    raise ValueError(f'layout {self.name!r}: the parent tree has a cycle through joint {v} ({self.joint_names[v]!r})')
             out.append(d)
         return out
 
@@ -62,41 +67,128 @@ class Layout:
         try: return self.joint_names.index(name)
         except ValueError: raise KeyError(f'layout {self.name!r} has no joint {name!r}; joints are {self.joint_names}') from None
 
+    def landmark(self, name: str) -> tuple: # 0-based joints whose mean is the landmark
+        "The joints of landmark `name` ('origin', 'left_shoulder', 'right_shoulder', 'shoulder_center', 'hip_center', 'spine_mid')."
+        if name in self.landmarks: return tuple(int(j) for j in self.landmarks[name])
+        if name == 'origin': return (self.center,)
+        for n in LANDMARK_JOINTS.get(name, (name,)):
+            if n in self.joint_names: return (self.joint_names.index(n),)
+        raise KeyError(f'layout {self.name!r} has no landmark {name!r}: declare it with landmarks={{{name!r}: (joint, ...)}} '
+                       '(the mean of those joints is used)')
+
     def __repr__(self): return f'Layout({self.name!r}, {self.num_joints} joints, centre {self.joint_names[self.center]!r})'
+
+# %% ../nbs/00_skeleton.ipynb #ca1ee4f1
+_SIDE_NAME = re.compile(r'^(?:(left|right)[_ -](.+)|(.+?)[_ -](left|right)|([lr])[_ -](.+))$', re.IGNORECASE)
+
+def joint_side(name: str, # a joint name, e.g. 'left_elbow', 'mouth_right', 'l_hip'
+              ) -> tuple | None: # ('left' or 'right', the body part), or None when the name states no side
+    "The side a joint name states, and the rest of the name."
+    m = _SIDE_NAME.match(str(name))
+    if not m: return None
+    a, b, c, d, e, f = m.groups()
+    side, part = (a, b) if a else (d, c) if d else ({'l': 'left', 'r': 'right'}[e.lower()], f)
+    return side.lower(), part.lower()
+
+def _is_index(j, n): return isinstance(j, (int, np.integer)) and not isinstance(j, bool) and 0 <= j < n
+
+# %% ../nbs/00_skeleton.ipynb #a673a195
+def _check_mirror(L, jn, where):
+    V = len(L.joint_names)
+    if len(L.mirror) != V: raise ValueError(f'{where}: mirror has {len(L.mirror)} entries for {V} joints')
+    sided = {joint_side(n): v for v, n in enumerate(L.joint_names) if joint_side(n)}
+    for v, w in enumerate(L.mirror):
+        if not _is_index(w, V): raise ValueError(f'{where}: {jn(v)} mirrors to {w!r}, not a joint in 0..{V-1}')
+        if L.mirror[w] != v: raise ValueError(f'{where}: {jn(v)} mirrors to {jn(w)}, which mirrors to {jn(L.mirror[w])} (pairs swap both ways)')
+        a, b = joint_side(L.joint_names[v]), joint_side(L.joint_names[w])
+        if w != v and a and b and (a[0] == b[0] or a[1] != b[1]):
+            raise ValueError(f'{where}: the left/right pair {jn(v)}, {jn(w)} does not join the two sides of one body part')
+        other = sided.get(({'left': 'right', 'right': 'left'}[a[0]], a[1])) if a and w == v else None
+        if other is not None: raise ValueError(f'{where}: {jn(v)} has no left/right partner although {jn(other)} exists')
+
+def check_layout(layout, # the `Layout` to check
+                ):       # the same layout, when valid
+    "`layout` when its parent tree, left/right pairs, parts and landmarks are consistent, else a `ValueError` naming the layout and joint."
+    L, V = layout, len(layout.joint_names)
+    where = f'layout {L.name!r}'
+    def jn(v): return f'joint {v} ({L.joint_names[v]!r})' if _is_index(v, V) else f'joint {v!r}'
+    if V == 0: raise ValueError(f'{where} has no joints')
+    first = {}
+    for v, n in enumerate(L.joint_names):
+        if n in first: raise ValueError(f'{where}: joints {first[n]} and {v} are both called {n!r}')
+        first[n] = v
+    if not _is_index(L.center, V): raise ValueError(f'{where}: the centre joint {L.center!r} is not a joint in 0..{V-1}')
+    if len(L.parents) != V:
+        raise ValueError(f'{where}: parents has {len(L.parents)} entries for {V} joints'
+                         + (f', so {jn(len(L.parents))} has no parent' if len(L.parents) < V else ''))
+    for v, p in enumerate(L.parents):
+        if not _is_index(p, V): raise ValueError(f'{where}: {jn(v)} has parent {p!r}, not a joint in 0..{V-1}')
+        if p == v != L.center: raise ValueError(f'{where}: {jn(v)} is its own parent, but only the centre {jn(L.center)} may be')
+    if L.parents[L.center] != L.center: raise ValueError(f'{where}: the centre joint {L.center} must be its own parent')
+    L.depths                                                          # raises on a cycle, naming a joint on it
+    _check_mirror(L, jn, where)
+    for part, joints in L.parts.items():
+        bad = [j for j in joints if not _is_index(j, V)]
+        if bad: raise ValueError(f'{where}: part {part!r} holds {bad[0]!r}, not a joint in 0..{V-1}')
+    for mark, joints in L.landmarks.items():
+        if not len(joints) or not all(_is_index(j, V) for j in joints):
+            raise ValueError(f'{where}: landmark {mark!r} must list joints in 0..{V-1}, got {joints!r}')
+    if L.ntu_index is not None and (len(L.ntu_index) != V or not all(_is_index(j, 25) for j in L.ntu_index)):
+        raise ValueError(f'{where}: ntu_index needs {V} entries, NTU joints in 0..24')
+    if L.rest_pose is not None and np.shape(L.rest_pose) != (V, 3):
+        raise ValueError(f'{where}: rest_pose must be ({V}, 3), got {np.shape(L.rest_pose)}')
+    return layout
 
 # %% ../nbs/00_skeleton.ipynb #3f8e0f26
 def mirror_from_pairs(num_joints: int, # number of joints
                       pairs,           # (left, right) joint pairs, 0-based
                      ) -> tuple:       # the left/right swapping permutation
     "Permutation that exchanges the joints of every `(left, right)` pair and keeps the others."
-    perm = list(range(num_joints))
-    for a, b in pairs: perm[a], perm[b] = b, a
+    perm, seen = list(range(num_joints)), set()
+    for a, b in pairs:
+        for j in (a, b):
+            if not _is_index(j, num_joints): raise ValueError(f'the left/right pair {(a, b)} names joint {j!r}, not a joint in 0..{num_joints-1}')
+            if j in seen: raise ValueError(f'joint {j} is in two left/right pairs (or paired with itself)')
+            seen.add(j)
+        perm[a], perm[b] = b, a
     return tuple(perm)
 
 
-def _parents_from_bones(num_joints, bones, center, name):
+def _parents_from_bones(num_joints, bones, center, name, joint_names=None):
+    "Parents of a tree given as undirected bones, found by walking outwards from `center`; cycles and strays are errors."
+    jn = lambda v: f'joint {v}' + (f' ({joint_names[v]!r})' if joint_names is not None else '')
     nbrs = {v: [] for v in range(num_joints)}
-    for a, b in bones:
-        nbrs[a].append(b); nbrs[b].append(a)
-    parents, todo = {center: center}, [center]
+    for e, (a, b) in enumerate(bones):
+        for j in (a, b):
+            if not _is_index(j, num_joints): raise ValueError(f'layout {name!r}: bone {(a, b)} names joint {j!r}, not a joint in 0..{num_joints-1}')
+        nbrs[a].append((b, e)); nbrs[b].append((a, e))
+    if not _is_index(center, num_joints): raise ValueError(f'layout {name!r}: the centre joint {center!r} is not a joint in 0..{num_joints-1}')
+    parents, via, todo = {center: center}, {center: None}, [center]
     while todo:
         v = todo.pop(0)
-        for w in nbrs[v]:
-            if w not in parents: parents[w] = v; todo.append(w)
+        for w, e in nbrs[v]:
+            if e == via[v]: continue
+            if w in parents: raise ValueError(f'layout {name!r}: the bones form a cycle (the bone {jn(v)} - {jn(w)} closes it); a layout is a tree')
+            parents[w], via[w] = v, e; todo.append(w)
     missing = [v for v in range(num_joints) if v not in parents]
     if missing: raise ValueError(f'layout {name!r}: joints {missing} are not connected to the centre joint {center}')
-    if len(bones) != num_joints - 1: raise ValueError(f'layout {name!r}: a tree over {num_joints} joints has {num_joints-1} bones, got {len(bones)}')
     return tuple(parents[v] for v in range(num_joints))
 
 
 @classmethod
 def _from_bones(cls, name, joint_names, bones, center, mirror_pairs=(), one_based=False, **kwargs):
     "Build a layout from an undirected bone list (0-based, or 1-based with `one_based=True`)."
-    off = 1 if one_based else 0
+    off, V = (1 if one_based else 0), len(joint_names)
+    for a, b in bones:                                   # numbers as the caller wrote them
+        for j in (a, b):
+            if not _is_index(j - off, V):
+                raise ValueError(f'layout {name!r}: bone {(a, b)} names joint {j!r}, not a joint in {off}..{V - 1 + off}'
+                                 + (' (one_based=True)' if one_based else ''))
     bones = [(a - off, b - off) for a, b in bones]
-    V = len(joint_names)
-    return cls(name=name, joint_names=tuple(joint_names), parents=_parents_from_bones(V, bones, center - off, name),
-               center=center - off, mirror=mirror_from_pairs(V, [(a - off, b - off) for a, b in mirror_pairs]), **kwargs)
+    try: mirror = mirror_from_pairs(V, [(a - off, b - off) for a, b in mirror_pairs])
+    except ValueError as e: raise ValueError(f'layout {name!r}: {e}') from None
+    return cls(name=name, joint_names=tuple(joint_names), parents=_parents_from_bones(V, bones, center - off, name, joint_names),
+               center=center - off, mirror=mirror, **kwargs)
 Layout.from_bones = _from_bones
 
 # %% ../nbs/00_skeleton.ipynb #2facaa73
@@ -155,6 +247,69 @@ MSR20 = Layout.from_bones(
     rest_pose=tuple(NTU_REST_POSE[_MSR_TO_NTU[v + 1] - 1] for v in range(20)))
 KINECT_V1, MSR20
 
+# %% ../nbs/00_skeleton.ipynb #aa4e9024
+_BODY_REST = {  # metres, y up, the person's left at -x (as NTU_REST_POSE); a 'right' joint mirrors its 'left' twin
+    'nose': (0.0, 0.66, -0.1), 'neck': (0.0, 0.5, 0.0), 'mid_hip': (0.0, 0.0, 0.0),
+    'left_eye': (-0.035, 0.7, -0.08), 'left_eye_inner': (-0.02, 0.7, -0.09), 'left_eye_outer': (-0.05, 0.7, -0.07),
+    'left_ear': (-0.075, 0.68, 0.0), 'mouth_left': (-0.025, 0.61, -0.09),
+    'left_shoulder': (-0.16, 0.47, 0.0), 'left_elbow': (-0.2, 0.22, 0.0), 'left_wrist': (-0.21, 0.0, 0.0),
+    'left_pinky': (-0.23, -0.08, 0.0), 'left_index': (-0.21, -0.1, -0.01), 'left_thumb': (-0.24, -0.05, -0.02),
+    'left_hip': (-0.08, 0.0, 0.0), 'left_knee': (-0.09, -0.38, 0.0), 'left_ankle': (-0.09, -0.75, 0.0),
+    'left_heel': (-0.09, -0.8, 0.05), 'left_big_toe': (-0.08, -0.8, -0.14), 'left_small_toe': (-0.12, -0.8, -0.11),
+    'left_foot_index': (-0.09, -0.8, -0.14)}
+
+def _rest_pose(names):
+    "Rest pose of the named joints from `_BODY_REST` (right joints mirrored in x)."
+    mirror = lambda p: (-p[0], p[1], p[2])
+    return tuple(_BODY_REST[n] if n in _BODY_REST else mirror(_BODY_REST[n.replace('right', 'left')]) for n in names)
+
+COCO17_JOINT_NAMES = ('nose', 'left_eye', 'right_eye', 'left_ear', 'right_ear', 'left_shoulder', 'right_shoulder',
+                      'left_elbow', 'right_elbow', 'left_wrist', 'right_wrist', 'left_hip', 'right_hip',
+                      'left_knee', 'right_knee', 'left_ankle', 'right_ankle')
+COCO17 = Layout.from_bones(
+    'coco17', COCO17_JOINT_NAMES,
+    ((15, 13), (13, 11), (16, 14), (14, 12), (11, 5), (12, 6), (9, 7), (7, 5), (10, 8), (8, 6), (5, 0), (6, 0),
+     (1, 0), (3, 1), (2, 0), (4, 2)),                                   # pyskl's (child, parent) pairs
+    center=0, mirror_pairs=((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)),
+    parts={'trunk': (0, 1, 2, 3, 4), 'left_arm': (5, 7, 9), 'right_arm': (6, 8, 10),
+           'left_leg': (11, 13, 15), 'right_leg': (12, 14, 16)},
+    landmarks={'origin': (5, 6), 'shoulder_center': (5, 6), 'hip_center': (11, 12), 'spine_mid': (5, 6, 11, 12)},
+    rest_pose=_rest_pose(COCO17_JOINT_NAMES))
+COCO17
+
+# %% ../nbs/00_skeleton.ipynb #633a5751
+OPENPOSE25_JOINT_NAMES = ('nose', 'neck', 'right_shoulder', 'right_elbow', 'right_wrist', 'left_shoulder', 'left_elbow',
+                          'left_wrist', 'mid_hip', 'right_hip', 'right_knee', 'right_ankle', 'left_hip', 'left_knee',
+                          'left_ankle', 'right_eye', 'left_eye', 'right_ear', 'left_ear', 'left_big_toe',
+                          'left_small_toe', 'left_heel', 'right_big_toe', 'right_small_toe', 'right_heel')
+OPENPOSE25 = Layout.from_bones(
+    'openpose25', OPENPOSE25_JOINT_NAMES,
+    ((1, 8), (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (8, 9), (9, 10), (10, 11), (8, 12), (12, 13), (13, 14),
+     (1, 0), (0, 15), (15, 17), (0, 16), (16, 18), (14, 19), (19, 20), (14, 21), (11, 22), (22, 23), (11, 24)),  # OpenPose's drawing
+    center=1, mirror_pairs=((5, 2), (6, 3), (7, 4), (12, 9), (13, 10), (14, 11), (16, 15), (18, 17), (19, 22), (20, 23), (21, 24)),
+    parts={'trunk': (0, 1, 8, 15, 16, 17, 18), 'left_arm': (5, 6, 7), 'right_arm': (2, 3, 4),
+           'left_leg': (12, 13, 14, 19, 20, 21), 'right_leg': (9, 10, 11, 22, 23, 24)},
+    landmarks={'spine_mid': (1, 8)},                                    # origin: the neck (centre); hip centre: mid_hip
+    rest_pose=_rest_pose(OPENPOSE25_JOINT_NAMES))
+
+MEDIAPIPE33_JOINT_NAMES = ('nose', 'left_eye_inner', 'left_eye', 'left_eye_outer', 'right_eye_inner', 'right_eye',
+                           'right_eye_outer', 'left_ear', 'right_ear', 'mouth_left', 'mouth_right', 'left_shoulder',
+                           'right_shoulder', 'left_elbow', 'right_elbow', 'left_wrist', 'right_wrist', 'left_pinky',
+                           'right_pinky', 'left_index', 'right_index', 'left_thumb', 'right_thumb', 'left_hip', 'right_hip',
+                           'left_knee', 'right_knee', 'left_ankle', 'right_ankle', 'left_heel', 'right_heel',
+                           'left_foot_index', 'right_foot_index')
+MEDIAPIPE33 = Layout.from_bones(
+    'mediapipe33', MEDIAPIPE33_JOINT_NAMES,
+    ((0, 1), (1, 2), (2, 3), (3, 7), (0, 4), (4, 5), (5, 6), (6, 8), (0, 9), (0, 10), (0, 11), (0, 12),
+     (11, 13), (13, 15), (15, 17), (15, 19), (15, 21), (12, 14), (14, 16), (16, 18), (16, 20), (16, 22),
+     (11, 23), (12, 24), (23, 25), (25, 27), (27, 29), (27, 31), (24, 26), (26, 28), (28, 30), (28, 32)),
+    center=0, mirror_pairs=[(v, v + 3) for v in (1, 2, 3)] + [(v, v + 1) for v in range(7, 33, 2)],
+    parts={'trunk': tuple(range(11)), 'left_arm': (11, 13, 15, 17, 19, 21), 'right_arm': (12, 14, 16, 18, 20, 22),
+           'left_leg': (23, 25, 27, 29, 31), 'right_leg': (24, 26, 28, 30, 32)},
+    landmarks={'origin': (11, 12), 'shoulder_center': (11, 12), 'hip_center': (23, 24), 'spine_mid': (11, 12, 23, 24)},
+    rest_pose=_rest_pose(MEDIAPIPE33_JOINT_NAMES))
+OPENPOSE25, MEDIAPIPE33
+
 # %% ../nbs/00_skeleton.ipynb #b563efe7
 LAYOUTS: dict = {}
 
@@ -167,15 +322,16 @@ def register_layout(layout: Layout, # the layout to make available by name
     LAYOUTS[layout.name] = layout
     return layout
 
-def get_layout(layout, # a registered name ('ntu25', 'kinect_v1', 'msr20', ...) or a `Layout`
+def get_layout(layout, # a registered name ('ntu25', 'kinect_v1', 'msr20', 'coco17', ...) or a `Layout`
               ) -> Layout:
     "The `Layout` called `layout` (or `layout` itself)."
     if isinstance(layout, Layout): return layout
     try: return LAYOUTS[layout]
     except KeyError: raise KeyError(f'unknown layout {layout!r}; registered: {sorted(LAYOUTS)}') from None
 
-for _l in (NTU25, KINECT_V1, MSR20): register_layout(_l)
-LAYOUTS['nw_ucla'] = KINECT_V1   # the dataset's name as an alias
+for _l in (NTU25, KINECT_V1, MSR20, COCO17, OPENPOSE25, MEDIAPIPE33): register_layout(_l)
+# aliases: a dataset's name and the usual short names
+LAYOUTS.update(nw_ucla=KINECT_V1, coco=COCO17, body25=OPENPOSE25, mediapipe=MEDIAPIPE33)
 
 # %% ../nbs/00_skeleton.ipynb #923cadae
 def layout_conversion_index(src, dst) -> list:

@@ -237,6 +237,102 @@ def test_pyskl_roundtrip_and_label_pickle(tmp_path):
     with pytest.raises(pickle.UnpicklingError, match='refusing'): read_label_pickle(tmp_path / 'e.pkl')
 
 
+def _pose2d(tmp_path, n=4, V=17):
+    "A 2-D pyskl pickle with scores: clips a, b, c, ... of 3 + i frames."
+    g = np.random.default_rng(2)
+    clips = [g.uniform(0, 640, size=(2, 3 + i, V, 1)).astype(np.float32) for i in range(n)]
+    scores = [g.uniform(size=(3 + i, V, 1)).astype(np.float32) for i in range(n)]
+    names = [chr(97 + i) for i in range(n)]
+    return write_pyskl(tmp_path / 'p.pkl', clips, names, list(range(n)), {'train': names[:2], 'test': names[2:]}, scores), clips, scores
+
+
+def test_pyskl_score_channel(tmp_path):
+    p, clips, scores = _pose2d(tmp_path)
+    ann = read_pyskl(p)['annotations'][2]
+    clip, meta = pyskl_to_clip(ann, score=True)
+    assert clip.shape == (3, 5, 17, 1) and np.array_equal(clip[:2], clips[2]) and np.array_equal(clip[2], scores[2])
+    assert pyskl_to_clip(ann)[0].shape == (2, 5, 17, 1) and meta['name'] == 'c' and 'keypoint_score' not in meta
+
+
+@pytest.mark.parametrize('edit, field', [
+    (lambda a: a.update(label=-2), "'label' must be a non-negative integer below 100000, got -2"),
+    (lambda a: a.update(label='3'), "'label' must be a non-negative integer below 100000, got '3'"),
+    (lambda a: a.pop('label'), "'label' must be a non-negative integer below 100000, got None"),
+    (lambda a: a.update(label=np.int64(2 ** 40)), "'label' must be a non-negative integer below 100000, got 1099511627776"),
+    (lambda a: a.update(total_frames=99), "'total_frames' is 99 but 'keypoint' has 4 frames"),
+    (lambda a: a.update(keypoint_score=a['keypoint_score'][..., :3]), "'keypoint_score' must be a numeric (M, T, V) = (1, 4, 17) array"),
+    (lambda a: a['keypoint_score'].__setitem__((0, 2, 6), np.nan), "'keypoint_score' holds a non-finite value (NaN, inf or beyond float32) at person 0, frame 2, joint 6"),
+    (lambda a: a['keypoint'].__setitem__((0, 3, 1, 0), np.inf), "'keypoint' holds a non-finite value (NaN, inf or beyond float32) at person 0, frame 3, joint 1"),
+    (lambda a: a.update(keypoint=np.zeros((1, 4, 17, 5))), "'keypoint' (1, 4, 17, 5) has C = 5 values per joint"),
+    (lambda a: a.update(keypoint=np.zeros((1, 0, 17, 2))), "'keypoint' must be a non-empty numeric (M, T, V, C) array"),
+    (lambda a: a.update(frame_dir=''), "annotation 1: 'frame_dir' must be a non-empty string"),
+    (lambda a: a.update(frame_dir='a'), "annotation 1 ('a'): 'frame_dir' repeats annotation 0"),
+])
+def test_pyskl_bad_annotation_is_named_and_skipped(tmp_path, edit, field):
+    p, _, _ = _pose2d(tmp_path)
+    obj = pickle.loads(p.read_bytes())
+    edit(obj['annotations'][1])
+    p.write_bytes(pickle.dumps(obj))
+    with pytest.raises(SkeletonFormatError) as e: read_pyskl(p)
+    assert str(e.value).startswith(f'{p}: annotation 1') and field in str(e.value), str(e.value)
+    errors = []
+    kept = read_pyskl(p, errors)['annotations']
+    assert [a['frame_dir'] for a in kept] == ['a', 'c', 'd'] and len(errors) == 1
+    assert errors[0]['index'] == 1 and field in errors[0]['reason'] and str(p) in errors[0]['reason']
+
+
+@pytest.mark.parametrize('payload, message', [
+    (b'', 'the file is empty (0 bytes)'),
+    (pickle.dumps([1, 2]), "a pyskl pickle is a dict with an 'annotations' list, this holds list"),
+    (pickle.dumps({'split': {'train': 'abc'}, 'annotations': []}), "'split' must map split names to lists"),
+])
+def test_pyskl_whole_file_errors(tmp_path, payload, message):
+    (tmp_path / 'w.pkl').write_bytes(payload)
+    with pytest.raises(SkeletonFormatError, match=message.replace('(', r'\(').replace(')', r'\)')): read_pyskl(tmp_path / 'w.pkl', [])
+
+
+def test_npy_clip_reader(tmp_path):
+    g = np.random.default_rng(3)
+    x = g.normal(size=(6, 33, 3))
+    np.save(tmp_path / 'a.npy', x)
+    clip, meta = read_npy_clip(tmp_path / 'a.npy', 'mediapipe33')
+    assert clip.shape == (3, 6, 33, 1) and clip.dtype == np.float32 and np.allclose(clip[..., 0], x.transpose(2, 0, 1))
+    assert (meta['frames'], meta['persons'], meta['coords']) == (6, 1, 3)
+    np.save(tmp_path / 'i.npy', np.arange(2 * 3 * 17 * 2, dtype=np.int16).reshape(2, 3, 17, 2))    # integer pixels
+    clip, _ = read_npy_clip(tmp_path / 'i.npy', 'coco17')
+    assert clip.shape == (2, 3, 17, 2) and clip[1, 0, 0, 1] == 3 * 17 * 2 + 1
+    np.save(tmp_path / 'f.npy', np.asfortranarray(x))
+    assert np.array_equal(read_npy_clip(tmp_path / 'f.npy')[0], read_npy_clip(tmp_path / 'a.npy')[0])
+    for arr, msg in ((np.zeros((4, 17)), "expected a (T, V, C) or (M, T, V, C) array of kind 'fiu', the header says float64 (4, 17)"),
+                     (np.zeros((4, 17, 2), bool), "of kind 'fiu', the header says bool"),
+                     (np.zeros((0, 17, 2)), 'shape (0, 17, 2) holds no coordinates'),
+                     (np.full((2, 17, 2), 1e39), 'non-finite value (NaN, inf or beyond float32) at person 0, frame 0, joint 0')):
+        np.save(tmp_path / 'b.npy', arr)
+        with pytest.raises(SkeletonFormatError) as e: read_npy_clip(tmp_path / 'b.npy')
+        assert str(e.value).startswith(f"{tmp_path / 'b.npy'}: ") and msg in str(e.value), str(e.value)
+    (tmp_path / 'b.npy').write_bytes(b'')
+    with pytest.raises(SkeletonFormatError, match='not a valid .npy file'): read_npy_clip(tmp_path / 'b.npy')
+    with pytest.raises(FileNotFoundError): read_npy_clip(tmp_path / 'missing.npy')
+
+
+def test_labels_csv(tmp_path):
+    p = tmp_path / 'labels.csv'
+    p.write_bytes('\ufefffile,label,view\r\nα/1.npy,schwingen,2\r\nb.npy,3, \r\n/abs.npy,x,1\r\nc.npy,x\r\nd.npy,100000,1\r\n'.encode())
+    rows, problems = read_labels_csv(p)
+    assert problems.pop()['reason'] == f"{p}, line 6: field 'label': 100000 is not a class index below 100000"
+    assert rows == [{'line': 2, 'file': 'α/1.npy', 'label': 'schwingen', 'view': 2}, {'line': 3, 'file': 'b.npy', 'label': '3', 'view': None}]
+    assert [(q['line'], q['name']) for q in problems] == [(4, '/abs.npy'), (5, 'c.npy')]
+    assert problems[0]['reason'] == f"{p}, line 4: field 'file': '/abs.npy' must be a path inside the folder (relative, no '..')"
+    p.write_bytes(b'file,label\n\xff\xfe.npy,1\n')
+    with pytest.raises(SkeletonFormatError, match='not UTF-8 text'): read_labels_csv(p)
+    p.write_text('file,label,label\na,1,2\n')
+    with pytest.raises(SkeletonFormatError, match='line 1: the header must name'): read_labels_csv(p)
+    p.write_text('file,label,colour\na,1,red\n')
+    with pytest.raises(SkeletonFormatError, match=r"unknown: \['colour'\]"): read_labels_csv(p)
+    p.write_text('file,label\n')
+    assert read_labels_csv(p) == ([], [])
+
+
 def test_shared_data_dir_message(tmp_path, monkeypatch):
     monkeypatch.setenv('SKELNB_SHARED_DATA', str(tmp_path))
     assert shared_data_dir() == tmp_path

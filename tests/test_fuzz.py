@@ -4,6 +4,11 @@ Mutations: truncation, random byte flips, inserted bytes, deleted and duplicated
 (also in count lines), NaN/inf, empty files. Seeds are fixed, so every run tries the same files. The seed files are
 written here with the project's writers (so the test runs anywhere); a second part starts from the real files in the
 shared data folder and is skipped, with the reason, when that folder is absent.
+
+The readers of your own data (`.npy` clips, `labels.csv`) are fuzzed like the others, and so are the two
+preparations built on them, a pyskl pickle and a folder of clips: a damaged input must give a consistent prepared
+folder (every written array finite, of the shape `info.json` announces) with the bad samples reported, or one clear
+error naming the file.
 """
 import json, re, signal, shutil, tarfile, time
 from pathlib import Path
@@ -173,6 +178,24 @@ def seeds_pyskl(tmp):
     write_pyskl(tmp / 'b.pkl', [g.normal(size=(2, 3, 17, 1))], ['z'], [4], scores=[g.random(size=(3, 17, 1))])
     return [(tmp / 'a.pkl').read_bytes(), (tmp / 'b.pkl').read_bytes()]
 
+def read_npy(p):
+    c, meta = read_npy_clip(p)
+    return c.ndim == 4 and c.shape[0] in (2, 3) and c.shape[0] == meta['coords'] and _finite(c)
+
+def read_labels(p):
+    rows, problems = read_labels_csv(p)
+    return all(r['file'] and r['label'] and isinstance(r['line'], int) for r in rows) and all(q['reason'] for q in problems)
+
+def seeds_npy(tmp):
+    g, out = _rng(), []
+    for a in (g.normal(size=(6, 17, 2)).astype(np.float32), g.normal(size=(2, 4, 25, 3)), (g.random((5, 33, 2)) * 600).astype(np.int16)):
+        np.save(tmp / 'c.npy', a); out.append((tmp / 'c.npy').read_bytes())
+    return out
+
+def seeds_labels(tmp):
+    return [b'file,label,split,subject\nwave/0.npy,wave,train,1\nwave/1.npy,wave,test,2\n"a,b.npy",clap,train,P3\n',
+            b'label,file\r\n# comment\r\n0,x.npy\r\n12,y.npy\r\n\r\n3,z.npy\r\n']
+
 FORMATS = {  # name: (seed maker, reader, suffix)
     'ntu': (seeds_ntu, read_ntu, '.skeleton'),
     'ntu_all_fields': (seeds_ntu, read_ntu_all, '.skeleton'),
@@ -183,6 +206,8 @@ FORMATS = {  # name: (seed maker, reader, suffix)
     'nw_ucla_json': (seeds_ucla, read_ucla, '.json'),
     'msr_text': (seeds_msr, read_msr, '.txt'),
     'pyskl_pickle': (seeds_pyskl, read_pyskl_all, '.pkl'),
+    'npy_clip': (seeds_npy, read_npy, '.npy'),
+    'labels_csv': (seeds_labels, read_labels, '.csv'),
 }
 
 
@@ -220,6 +245,76 @@ def test_fuzz_prepared(tmp_path):
         assert not unclear, f'{fname}: {len(unclear)} unclear outcomes, e.g. {unclear[:5]}'
         total += n; ok += counts['ok']
     assert total >= N_MUTATIONS and ok > 0
+
+
+# ---------------------------------------------------------------- preparing your own data: pyskl pickles and folders
+N_PREPARE = 300           # per path: every mutation writes (and checks) a prepared folder
+
+
+def _prepared_ok(out):
+    "A prepared folder is consistent: every split's data finite, of the shape info.json announces, labels in range."
+    from skelnb.prepare import read_info, load_prepared
+    from skelnb.skeleton import get_layout
+    info = read_info(out)
+    V = get_layout(info['layout']).num_joints
+    for split, n in info['splits'].items():
+        data, labels, meta = load_prepared(out, split, mmap=False, check_values=False)
+        if data.shape != (n, len(info['channels']), info['frames'], V, info['persons']) or not _finite(data): return False
+        if n and not 0 <= labels.min() <= labels.max() < info['num_classes']: return False
+        if len(meta['names']) != n: return False
+    return True
+
+
+def _preparer(tmp, prepare):
+    "`read(path)` for the fuzzer: prepare into a fresh folder, check it, remove it."
+    count = iter(range(10 ** 9))
+    def read(p):
+        out = tmp / f'prepared_{next(count)}'
+        try:
+            rep = prepare(p, out)
+            return _prepared_ok(out) and sum(rep['splits'].values()) + len(rep['skipped']) > 0
+        finally: shutil.rmtree(out, ignore_errors=True)
+    return read
+
+
+def _pose_pickles(tmp):
+    "A 2-D COCO-17 pickle with scores and splits, and a 3-D NTU one without scores."
+    from skelnb.viz import wave_clip
+    g = _rng()
+    clips2d = [(wave_clip(T=6 + i, M=1, layout='coco17', seed=i)[:2] * 300 + 200) for i in range(4)]
+    write_pyskl(tmp / 'p2.pkl', clips2d, ['a', 'b', 'c', 'd'], [0, 1, 1, 0], {'train': ['a', 'b', 'c'], 'test': ['d', 'c']},
+                [g.random((6 + i, 17, 1)) for i in range(4)])
+    write_pyskl(tmp / 'p3.pkl', [g.normal(size=(3, 5, 25, 2)) for _ in range(3)], ['x', 'y', 'z'], [2, 0, 1],
+                {'train': ['x', 'y'], 'test': ['z']})
+    return (tmp / 'p2.pkl').read_bytes(), (tmp / 'p3.pkl').read_bytes()
+
+
+@pytest.mark.parametrize('dims', [2, 3])
+def test_fuzz_prepare_pyskl(tmp_path, dims):
+    from skelnb.prepare import prepare_pyskl
+    seed = _pose_pickles(tmp_path)[dims - 2]
+    layout, kw = ('coco17', dict(split='train=train,test=test')) if dims == 2 else ('ntu25', dict(normalization='agcn', frames=8))
+    read = _preparer(tmp_path, lambda p, out: prepare_pyskl(p, out, layout, **kw))
+    (tmp_path / 'seed.pkl').write_bytes(seed); assert read(tmp_path / 'seed.pkl')
+    unclear, counts = fuzz(f'pyskl_prepare_{dims}d', [seed], read, '.pkl', tmp_path, N_PREPARE, seed=dims)
+    assert not unclear, f'{len(unclear)} unclear outcomes of {N_PREPARE}, e.g. {unclear[:5]}'
+    assert counts['ok'] > 0 and counts['error'] > 0
+
+
+@pytest.mark.parametrize('target', ['labels.csv', 'wave/1.npy'])
+def test_fuzz_prepare_folder(tmp_path, target):
+    from skelnb.prepare import prepare_folder
+    d = tmp_path / 'clips'; (d / 'wave').mkdir(parents=True)
+    g = _rng()
+    for i in range(3): np.save(d / 'wave' / f'{i}.npy', g.normal(size=(5 + i, 25, 3)).astype(np.float32))
+    np.save(d / 'pair.npy', g.normal(size=(2, 4, 25, 3)))
+    (d / 'labels.csv').write_text('file,label,split\nwave/0.npy,wave,train\nwave/1.npy,wave,train\npair.npy,hug,train\nwave/2.npy,wave,test\n')
+    read = _preparer(tmp_path, lambda p, out: prepare_folder(d, out, 'ntu25', frames=6))
+    assert read(d / target)
+    seed = (d / target).read_bytes()
+    unclear, counts = fuzz(f'folder_{target}', [seed], read, '', tmp_path, N_PREPARE, seed=5, target=d / target)
+    assert not unclear, f'{target}: {len(unclear)} unclear outcomes of {N_PREPARE}, e.g. {unclear[:5]}'
+    assert counts['ok'] > 0
 
 
 # ---------------------------------------------------------------- checkpoints

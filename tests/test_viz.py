@@ -46,7 +46,8 @@ def test_as_clip_accepts_numpy_and_torch(clip, make):
 
 
 def test_as_clip_errors_name_the_argument():
-    with pytest.raises(ValueError, match='attacked must have C = 3'): as_clip(np.zeros((2, 4, 25, 1)), name='attacked')
+    with pytest.raises(ValueError, match='attacked must have C = 3 or 2 coordinates'): as_clip(np.zeros((4, 4, 25, 1)), name='attacked')
+    assert as_clip(np.ones((2, 4, 25))).shape == (2, 4, 25, 1)        # 2-D clips are clips
     with pytest.raises(ValueError, match=r'\(C, T, V, M\)'): as_clip(np.zeros((1, 3, 4, 25, 1)))
     with pytest.raises(ValueError, match="layout 'ntu25' has 25"): SkeletonPlayer(np.zeros((3, 4, 20, 1)))
 
@@ -258,6 +259,81 @@ def test_save_html_is_offline_and_standalone(tmp_path, clip):
     small = save_html(animation_figure(clip[:, :6]), tmp_path / 'cdn.html', include_plotlyjs='cdn')
     assert small.stat().st_size < 500_000
     with pytest.raises(TypeError, match='go.Figure or a player'): save_html({'data': []}, tmp_path / 'x.html')
+
+
+# ---------------------------------------------------------------- 2-D clips (pose-estimator keypoints)
+LAYOUTS_WITH_POSE = ['ntu25', 'kinect_v1', 'msr20', 'coco17', 'openpose25', 'mediapipe33']
+
+
+def pixels(clip, f=500.0, c=(320.0, 240.0)):
+    "Pinhole projection (y up, metres) -> pixels (y down); absent persons stay zero."
+    x, y, z = clip
+    seen = clip.any(0)
+    zz = np.where(seen, z, 1)
+    return np.where(seen, np.stack([f * x / zz + c[0], -f * y / zz + c[1]]), 0)
+
+
+@pytest.mark.parametrize('name', LAYOUTS_WITH_POSE)
+def test_2d_player_any_layout(name):
+    L = get_layout(name)
+    clip = pixels(wave_clip(T=12, M=2, layout=name, seed=1))
+    p = SkeletonPlayer(torch.as_tensor(clip), name)
+    p.frame = 7
+    assert len(p.fig.data) == 4 and all(d.type == 'scatter' for d in p.fig.data)
+    for m in range(2):
+        bones, joints = p.fig.data[2 * m], p.fig.data[2 * m + 1]
+        np.testing.assert_allclose(np.stack([joints.x, joints.y]), clip[:, 7, :, m], atol=1e-6)
+        seg = np.stack([np.asarray(bones[k], float) for k in 'xy'], -1)
+        assert seg.shape == (3 * (L.num_joints - 1), 2)                    # every bone of the layout, NaN-separated
+        for b, (child, parent) in enumerate(L.bones):
+            np.testing.assert_allclose(seg[3 * b], clip[:, 7, child, m], atol=1e-6)
+            np.testing.assert_allclose(seg[3 * b + 1], clip[:, 7, parent, m], atol=1e-6)
+            assert np.isnan(seg[3 * b + 2]).all()
+    lay = p.fig.layout
+    assert lay.yaxis.range[0] > lay.yaxis.range[1]                          # image rows: y grows downwards
+    assert lay.yaxis.scaleanchor == 'x' and lay.yaxis.scaleratio == 1      # one pixel equally long on x and y
+    seen = clip[:, clip.any(0)]                                             # every joint of every frame inside the fixed ranges
+    assert lay.xaxis.range[0] < seen[0].min() and lay.xaxis.range[1] > seen[0].max()
+    assert lay.yaxis.range[1] < seen[1].min() and lay.yaxis.range[0] > seen[1].max()
+    assert list(p.fig.data[1].hovertext) == list(L.joint_names)
+
+
+def test_2d_y_up_option_and_absent_person():
+    clip = pixels(wave_clip(T=10, M=2, layout='coco17'))
+    clip[:, 4:, :, 1] = 0                                                   # person 1 leaves after frame 3
+    tr = SkeletonTraces(clip, 'coco17', y_down=False)
+    fig = tr.figure(6)
+    assert fig.layout.yaxis.range[0] < fig.layout.yaxis.range[1] and fig.layout.yaxis.title.text == 'y'
+    assert np.isnan(np.asarray(fig.data[3].x, float)).all() and not np.isnan(np.asarray(fig.data[1].x, float)).any()
+    assert tr.frame_props(1, 6).keys() == {'x', 'y'}
+
+
+def test_2d_comparison_overlay_and_html(tmp_path):
+    a = pixels(wave_clip(T=8, M=1, layout='openpose25'))
+    b = np.where(a.any(0), a + np.array([0.0, 12.0])[:, None, None, None], 0)   # 12 px lower
+    side = ComparisonPlayer({'a': a, 'b': b}, 'openpose25')
+    side.frame = 3
+    assert side.scenes == [] and [d.xaxis for d in side.fig.data] == ['x', 'x', 'x2', 'x2']
+    assert side.fig.layout.yaxis.range == side.fig.layout.yaxis2.range
+    np.testing.assert_allclose(np.asarray(side.fig.data[3].y) - np.asarray(side.fig.data[1].y), 12, atol=1e-6)
+    ov = SkeletonTraces({'a': a, 'b': b}, 'openpose25', mode='overlay', amplify=2)
+    i = [s['kind'] for s in ov.specs].index('difference')
+    seg = np.stack([ov.frame_props(i, 5)[k] for k in 'xy'], -1)
+    np.testing.assert_allclose(seg[1::3] - seg[0::3], np.tile([0.0, 24.0], (25, 1)), atol=1e-6)   # amplified twice
+    fig = animation_figure({'a': a, 'b': b}, 'openpose25', step=3)
+    assert len(fig.frames) == 3 and fig.frames[1].data[1].type == 'scatter'
+    np.testing.assert_allclose(fig.frames[1].data[1].x, a[0, 3, :, 0], atol=1e-6)
+    html = save_html(side, tmp_path / 'two_d.html').read_text()
+    assert '"scaleanchor":"x"' in html
+
+
+def test_2d_joint_values_and_heatmap():
+    clip = pixels(wave_clip(T=6, M=1, layout='mediapipe33'))
+    score = np.random.default_rng(0).uniform(size=(6, 33))
+    p = SkeletonPlayer(clip, 'mediapipe33', joint_values=score, values_name='score')
+    p.frame = 2
+    np.testing.assert_allclose(p.fig.data[1].marker.color, score[2])
+    assert p.heat is not None and p.fig.data[1].marker.coloraxis == 'coloraxis'
 
 
 # ---------------------------------------------------------------- benchmark
