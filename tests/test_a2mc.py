@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from skelnb.a2mc import A2MC, A2MCConfig, A2MC_PRESETS, A2MC_TRAIN_RECIPES, SCDNetBackbone, a2mc_config, a2mc_train_config
+from skelnb.methods.a2mc import A2MC, A2MCConfig, A2MC_PRESETS, A2MC_TRAIN_RECIPES, SCDNetBackbone
+from skelnb.methods.catalog import method_train_config
 from skelnb.attacks import att_aug
 from skelnb.augment.core import Compose
 from skelnb.augment.ops import TemporalMask
@@ -34,7 +35,7 @@ def batch_of(n=8, **kw):
     return {'x': x, 'label': torch.arange(n) % 3, 'index': torch.arange(n), 'length': lengths}
 
 
-def lesson(**kw): return a2mc_config('lesson', **kw)
+def lesson(**kw): return A2MCConfig.preset('lesson', **kw)
 
 
 # ---------------------------------------------------------------- shapes
@@ -57,7 +58,7 @@ def test_lesson_shapes():
 
 def test_stgcn_shapes_and_step():
     seed_everything(0)
-    m = A2MC(a2mc_config('stgcn', bank_size=32, bank_warmup=False))
+    m = A2MC(A2MCConfig.preset('stgcn', bank_size=32, bank_warmup=False))
     assert m.encoder_q.config.hidden_channels == 16 and set(m.banks) == {'i'}
     b = batch_of(frames=30)
     out = m.training_step(b, 0)
@@ -175,7 +176,7 @@ def tiny_run(cfg: TrainConfig, seed=0):
 
 
 def test_trainer_resume_is_bit_identical(tmp_path):
-    cfg = a2mc_train_config('lesson', epochs=2, batch_size=8, progress=False)
+    cfg = method_train_config('a2mc', 'lesson', epochs=2, batch_size=8, progress=False)
     straight = tiny_run(replace(cfg, out_dir=str(tmp_path / 'a'))).fit()
     assert len(straight.history) == 2 and all(torch.isfinite(torch.tensor(r['loss'])) for r in straight.history)
     assert straight.history[0]['warmup'] > 0 and straight.history[1]['warmup'] == 0
@@ -193,12 +194,12 @@ def test_trainer_resume_is_bit_identical(tmp_path):
 def test_presets_construct():
     assert set(A2MC_PRESETS) == set(A2MC_TRAIN_RECIPES) >= {'paper', 'lesson', 'stgcn'}
     for name in A2MC_PRESETS:
-        cfg, tcfg = a2mc_config(name), a2mc_train_config(name)
+        cfg, tcfg = A2MCConfig.preset(name), method_train_config('a2mc', name)
         assert cfg.bank_size % tcfg.batch_size == 0
-    assert a2mc_train_config('paper').epochs == 451 and a2mc_train_config('paper').lr == 0.01
-    assert a2mc_config('stgcn').encoder_config().hidden_channels == 16
+    assert method_train_config('a2mc', 'paper').epochs == 451 and method_train_config('a2mc', 'paper').lr == 0.01
+    assert A2MCConfig.preset('stgcn').encoder_config().hidden_channels == 16
     with torch.device('meta'):              # the paper model without memory: count its parameters
-        m = A2MC(a2mc_config('paper'))
+        m = A2MC(A2MCConfig.preset('paper'))
     n = sum(p.numel() for p in m.encoder_q.parameters())
     # the reference's architecture: 2 token MLPs (3200 and 4096 -> 2048 -> 2048), 2 Transformer layers
     # (d 2048, FFN 2048: 4 d^2 attention + 2 d^2 FFN), projectors 2048 -> 2048 -> 128 (x2) and 4096 -> 2048 -> 128

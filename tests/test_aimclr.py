@@ -1,4 +1,4 @@
-"""skelnb.aimclr: shapes per stream, the loss against the library pieces (NNM off/on), EADM branch, gradients, upstream keys, Trainer resume, configs."""
+"""skelnb.methods.aimclr: shapes per stream, the loss against the library pieces (NNM off/on), EADM branch, gradients, upstream keys, Trainer resume, configs."""
 import copy
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from skelnb.aimclr import AIMCLR_PRESETS, AIMCLR_TRAIN_RECIPES, AimCLR, AimCLRConfig, aimclr_config, extreme_embeddings
+from skelnb.methods.aimclr import AIMCLR_PRESETS, AIMCLR_TRAIN_RECIPES, AimCLR, AimCLRConfig, extreme_embeddings
 from skelnb.augment.presets import aimclr_extreme, normal_view
 from skelnb.data import SkeletonDataset, ensure_synthetic_dataset
 from skelnb.encoders.necks import EADM, eadm_drop
@@ -15,7 +15,7 @@ from skelnb.encoders.stgcn import upstream_stgcn_keys
 from skelnb.losses import d3m_loss, info_nce, moco_logits, nnm_mask
 from skelnb.memory import momentum_update
 from skelnb.skeleton import joint_to_bone, joint_to_motion
-from skelnb.skeletonclr import SkeletonCLR, skeletonclr_config
+from skelnb.methods.skeletonclr import SkeletonCLR, SkeletonCLRConfig
 from skelnb.train import Trainer, seed_everything, train_preset
 from skelnb.checkpoint import checkpoint_path, latest_checkpoint
 
@@ -33,7 +33,7 @@ def batch():
 
 
 def make(seed=0, **kw):
-    return AimCLR(aimclr_config('lesson', **{**TINY, **kw}), seed=seed)
+    return AimCLR(AimCLRConfig.preset('lesson', **{**TINY, **kw}), seed=seed)
 
 
 @pytest.mark.parametrize('stream', ['joint', 'motion', 'bone'])
@@ -126,7 +126,7 @@ def test_upstream_keys():
     m = make()
     assert {k: tuple(v.shape) for k, v in m.backbone.state_dict().items()} == \
            {k: tuple(s) for k, s in upstream_stgcn_keys(4, 32, head='none').items()}
-    assert set(m.state_dict()) == set(SkeletonCLR(skeletonclr_config(**TINY)).state_dict())   # key-compatible
+    assert set(m.state_dict()) == set(SkeletonCLR(SkeletonCLRConfig.preset(**TINY)).state_dict())   # key-compatible
     g = torch.Generator().manual_seed(0)
     keys = upstream_stgcn_keys(4, 32, head='mlp', num_class=16)
     up = {f'module.{p}.{k}': (torch.randn(s, generator=g) if s else torch.tensor(1)) for p in ('encoder_q', 'encoder_k') for k, s in keys.items()}
@@ -156,13 +156,13 @@ def test_trainer_resume_is_bit_identical(tmp_path):
 def test_presets_construct():
     assert set(AIMCLR_PRESETS) == set(AIMCLR_TRAIN_RECIPES)
     for name in AIMCLR_PRESETS:
-        cfg = aimclr_config(name)
+        cfg = AimCLRConfig.preset(name)
         train_preset('lesson' if name == 'lesson' else 'paper', **AIMCLR_TRAIN_RECIPES[name])
-    AimCLR(aimclr_config('lesson'))
+    AimCLR(AimCLRConfig.preset('lesson'))
     m = AimCLR()
     assert (m.config.keep_prob, m.config.switch_epoch, m.config.topk, m.queue.size) == (0.7, 150, 1, 32768)
     assert len(m.extreme) == 2 + 5 and not m.eadm.legacy
-    legacy = AimCLR(aimclr_config('first_release', **TINY))
+    legacy = AimCLR(AimCLRConfig.preset('first_release', **TINY))
     assert legacy.eadm.legacy and len(legacy.extreme) == 2 + 6
 
 
@@ -180,7 +180,7 @@ def test_bad_input(batch):
     with pytest.raises(ValueError, match='expected 3 coordinate channels'): m.training_step({'x': x[:, :1]}, 0)
     with pytest.raises(ValueError, match='expected 25 joints'): m.training_step({'x': x[..., :20, :]}, 0)
     with pytest.raises(ValueError, match='expected 50 frames'): m.encode(x[:, :, :10])
-    with pytest.raises(TypeError, match='expected a config of type AimCLRConfig'): AimCLR(skeletonclr_config())
+    with pytest.raises(TypeError, match='expected a config of type AimCLRConfig'): AimCLR(SkeletonCLRConfig.preset())
 
 
 def _bn_running_stats(encoder):

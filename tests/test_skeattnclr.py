@@ -13,8 +13,7 @@ from skelnb.losses import info_nce
 from skelnb.memory import cosine_momentum
 from skelnb.train import ToyClips, Trainer, train_preset, seed_everything
 from skelnb.checkpoint import latest_checkpoint, checkpoint_path
-from skelnb.skeattnclr import (SkeAttnCLR, SkeAttnCLRConfig, skeattnclr_config, SKEATTNCLR_PRESETS,
-                               SKEATTNCLR_TRAIN_RECIPES)
+from skelnb.methods.skeattnclr import SkeAttnCLR, SkeAttnCLRConfig, SKEATTNCLR_PRESETS, SKEATTNCLR_TRAIN_RECIPES
 
 torch.set_num_threads(1)
 
@@ -23,7 +22,7 @@ TINY = dict(frames=16, hidden_channels=4, hidden_dim=16, feature_dim=8, predicto
             swap_chunks=(1, 3))
 
 
-def tiny(**kw): return skeattnclr_config('lesson', **{**TINY, **kw})
+def tiny(**kw): return SkeAttnCLRConfig.preset('lesson', **{**TINY, **kw})
 
 
 def clips(n=6, T=16, M=1, seed=0):
@@ -32,7 +31,7 @@ def clips(n=6, T=16, M=1, seed=0):
 
 @pytest.mark.parametrize('preset,T,M', [('lesson', 50, 2), ('paper', 64, 2), ('ntu60_joint', 64, 1)])
 def test_shapes(preset, T, M):
-    cfg = skeattnclr_config(preset)
+    cfg = SkeAttnCLRConfig.preset(preset)
     m = SkeAttnCLR(cfg)
     x = clips(3, T, M)
     v = m.views(x)
@@ -102,7 +101,7 @@ def test_loss_matches_a_computation_from_the_library_pieces():
 
 
 def test_cosine_momentum_ema():
-    m = SkeAttnCLR(tiny(momentum_base=0.996))
+    m = SkeAttnCLR(tiny(momentum=0.996))
     with torch.no_grad():
         for p in m.encoder_q.parameters(): p.add_(0.1)
     k0, q = copy.deepcopy(m.encoder_k.state_dict()), m.encoder_q.state_dict()
@@ -140,7 +139,7 @@ def test_trainer_two_epochs_and_exact_resume(tmp_path):
 
 @pytest.mark.parametrize('preset', ['lesson', 'paper'])
 def test_backbone_has_upstream_stgcn_keys(preset):
-    cfg = skeattnclr_config(preset)
+    cfg = SkeAttnCLRConfig.preset(preset)
     sd = SkeAttnCLR(cfg).backbone.state_dict()
     want = upstream_stgcn_keys(cfg.hidden_channels, cfg.hidden_dim, head='none')
     assert {k: tuple(v.shape) for k, v in sd.items()} == want
@@ -148,7 +147,7 @@ def test_backbone_has_upstream_stgcn_keys(preset):
 
 @pytest.mark.parametrize('field,value', [
     ('stream', 'velocity'), ('mu', -0.1), ('mu', 1.5), ('temperature', 0.0), ('heads', 3), ('lam', 0),
-    ('queue_size', 0), ('momentum_base', 1.2), ('dropout', 1.0), ('swap_parts', (0, 2)), ('swap_parts', (4, 6)),
+    ('queue_size', 0), ('momentum', 1.2), ('dropout', 1.0), ('swap_parts', (0, 2)), ('swap_parts', (4, 6)),
     ('swap_chunks', (4, 20)), ('frames', 0), ('layout', 'no_such_layout')])
 def test_bad_config_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=f'SkeAttnCLRConfig.{field}='):
@@ -157,8 +156,8 @@ def test_bad_config_values_name_the_field(field, value):
 
 def test_presets_and_errors():
     assert set(SKEATTNCLR_PRESETS) == set(SKEATTNCLR_TRAIN_RECIPES) >= {'paper', 'lesson'}
-    assert skeattnclr_config('paper') == SkeAttnCLRConfig()
-    with pytest.raises(KeyError, match='lesson'): skeattnclr_config('nope')
+    assert SkeAttnCLRConfig.preset('paper') == SkeAttnCLRConfig()
+    with pytest.raises(KeyError, match='lesson'): SkeAttnCLRConfig.preset('nope')
     m = SkeAttnCLR(tiny())
     with pytest.raises(ValueError, match='frames=16'): m.training_step({'x': clips(4, T=20)}, 0)
     with pytest.raises(ValueError, match='at least 2'): m.training_step({'x': clips(1)}, 0)

@@ -1,4 +1,4 @@
-"""skelnb.skeletonclr: SkeletonCLR and CrosSCLR shapes, losses against the library pieces, gradients, upstream keys, Trainer resume, configs."""
+"""skelnb.methods.skeletonclr and skelnb.methods.crossclr: SkeletonCLR and CrosSCLR shapes, losses against the library pieces, gradients, upstream keys, Trainer resume, configs."""
 import copy
 from dataclasses import replace
 
@@ -14,8 +14,8 @@ from skelnb.encoders.stgcn import upstream_stgcn_keys
 from skelnb.losses import crossclr_loss_2view, crossclr_loss_3view, info_nce
 from skelnb.memory import momentum_update
 from skelnb.skeleton import joint_to_bone, joint_to_motion
-from skelnb.skeletonclr import (CROSSCLR_PRESETS, CROSSCLR_TRAIN_RECIPES, SKELETONCLR_PRESETS, SKELETONCLR_TRAIN_RECIPES,
-                                CrosSCLR, CrosSCLRConfig, SkeletonCLR, SkeletonCLRConfig, crossclr_config, skeletonclr_config)
+from skelnb.methods.crossclr import CROSSCLR_PRESETS, CROSSCLR_TRAIN_RECIPES, CrosSCLR, CrosSCLRConfig
+from skelnb.methods.skeletonclr import SKELETONCLR_PRESETS, SKELETONCLR_TRAIN_RECIPES, SkeletonCLR, SkeletonCLRConfig
 from skelnb.train import Trainer, TrainConfig, seed_everything, train_preset
 from skelnb.checkpoint import latest_checkpoint, checkpoint_path
 
@@ -36,9 +36,9 @@ def batch(synth):
 
 
 def make(kind, seed=0, **kw):
-    if kind == 'skeletonclr': return SkeletonCLR(skeletonclr_config('lesson', **{**TINY, **kw}), seed=seed)
-    if kind == 'crossclr2': return CrosSCLR(crossclr_config('lesson', **{**TINY, **kw}), seed=seed)
-    if kind == 'crossclr3': return CrosSCLR(crossclr_config('lesson_3view', **{**TINY, **kw}), seed=seed)
+    if kind == 'skeletonclr': return SkeletonCLR(SkeletonCLRConfig.preset('lesson', **{**TINY, **kw}), seed=seed)
+    if kind == 'crossclr2': return CrosSCLR(CrosSCLRConfig.preset('lesson', **{**TINY, **kw}), seed=seed)
+    if kind == 'crossclr3': return CrosSCLR(CrosSCLRConfig.preset('lesson_3view', **{**TINY, **kw}), seed=seed)
     raise KeyError(kind)
 
 
@@ -54,7 +54,7 @@ def query_key_params(method):
 
 @pytest.mark.parametrize('stream', ['joint', 'motion', 'bone'])
 def test_skeletonclr_stream_shapes(batch, stream):
-    m = SkeletonCLR(skeletonclr_config(stream=stream, **TINY))
+    m = SkeletonCLR(SkeletonCLRConfig.preset(stream=stream, **TINY))
     assert m.encode(batch['x']).shape == (6, 32)
     out = m.training_step(batch, 0)
     assert out['loss'].shape == () and torch.isfinite(out['loss'])
@@ -66,9 +66,9 @@ def test_skeletonclr_stream_shapes(batch, stream):
 
 @pytest.mark.parametrize('views,dim', [(('joint', 'motion'), 64), (('joint', 'motion', 'bone'), 96), (('motion', 'bone'), 64)])
 def test_crossclr_view_shapes(batch, views, dim):
-    m = CrosSCLR(crossclr_config('lesson', views=views, **TINY))
+    m = CrosSCLR(CrosSCLRConfig.preset('lesson', views=views, **TINY))
     assert m.encode(batch['x']).shape == (6, dim)
-    assert CrosSCLR(crossclr_config('lesson', views=views, encode_view=views[-1], **TINY)).encode(batch['x']).shape == (6, 32)
+    assert CrosSCLR(CrosSCLRConfig.preset('lesson', views=views, encode_view=views[-1], **TINY)).encode(batch['x']).shape == (6, 32)
     for epoch in (0, 2):
         assert torch.isfinite(m.training_step(batch, epoch)['loss'])
     assert m.queue.views == views and len(m.backbones) == len(views)
@@ -238,20 +238,20 @@ def test_trainer_resume_is_bit_identical(tmp_path, synth, kind):
 
 def test_presets_construct():
     for name in SKELETONCLR_PRESETS:
-        cfg = skeletonclr_config(name)
+        cfg = SkeletonCLRConfig.preset(name)
         train_preset('lesson' if name.startswith('lesson') else 'paper', **SKELETONCLR_TRAIN_RECIPES[name])
         if name.startswith('lesson'): SkeletonCLR(cfg)
     for name in CROSSCLR_PRESETS:
-        cfg = crossclr_config(name)
+        cfg = CrosSCLRConfig.preset(name)
         train_preset('lesson' if name.startswith('lesson') else 'paper', **CROSSCLR_TRAIN_RECIPES[name])
         if name.startswith('lesson'): CrosSCLR(cfg)
     m = SkeletonCLR()   # the paper model
     assert m.queue.size == 32768 and m.config.temperature == 0.07 and m.config.momentum == 0.999
     assert sum(p.numel() for p in m.backbone.parameters()) == 821_380   # the published backbone size
-    assert crossclr_config('paper').switch_epoch == 150 and crossclr_config('paper_3view').views == ('joint', 'motion', 'bone')
+    assert CrosSCLRConfig.preset('paper').switch_epoch == 150 and CrosSCLRConfig.preset('paper_3view').views == ('joint', 'motion', 'bone')
     assert train_preset('paper', **SKELETONCLR_TRAIN_RECIPES['paper']).epochs == 300
-    with pytest.raises(KeyError, match='no SkeletonCLRConfig preset'): skeletonclr_config('big')
-    with pytest.raises(TypeError, match='no field'): crossclr_config('paper', queue_len=4)
+    with pytest.raises(KeyError, match='no SkeletonCLRConfig preset'): SkeletonCLRConfig.preset('big')
+    with pytest.raises(TypeError, match='no field'): CrosSCLRConfig.preset('paper', queue_len=4)
 
 
 @pytest.mark.parametrize('cls,field,value', [

@@ -4,12 +4,21 @@
 
 # %% ../../nbs/10_methods.core.ipynb #70e16a89
 from __future__ import annotations
-import warnings
+import copy, math, warnings
+from dataclasses import dataclass, fields, replace
+from typing import ClassVar
 import torch
+import torch.nn.functional as F
 from torch import nn
+from ..skeleton import STREAMS, get_layout, to_stream
+from ..augment.presets import normal_view
+from ..encoders.stgcn import STGCN, get_stgcn_config, upstream_init_
+from ..memory import MoCoQueue, momentum_update, cosine_momentum
+from ..losses import info_nce
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'SSLMethod']
+__all__ = ['SCHEDULES', 'MOMENTUM_SCHEDULES', 'METHODS', 'SSLMethod', 'check_field', 'ContrastConfig', 'MoCoConfig',
+           'check_clips', 'Contrastive', 'stgcn_for', 'key_encoder', 'headless', 'MoCo', 'register_method']
 
 # %% ../../nbs/10_methods.core.ipynb #4dc7dcd9
 class SSLMethod(nn.Module):
@@ -79,3 +88,232 @@ SCHEDULES = {
     'lesson': dict(epochs=4, batch_size=16, lr=0.05, schedule='cosine', warmup_epochs=0.5, device='cpu',
                    checkpoint_every=1, keep_last=0, monitor_every=2, log_every=1),
 }
+
+# %% ../../nbs/10_methods.core.ipynb #8795031c
+def check_field(owner: str,  # class name, for the message
+                name: str,   # field name
+                value,       # its value
+                ok: bool,    # whether the value is acceptable
+                expected: str, # what is acceptable, in words
+               ) -> None:
+    "Raise `ValueError('Owner.name=value: expected ...')` unless `ok`."
+    if not ok: raise ValueError(f'{owner}.{name}={value!r}: expected {expected}')
+
+
+MOMENTUM_SCHEDULES = ('constant', 'cosine')
+
+@dataclass
+class ContrastConfig:
+    "What every contrastive method is configured with: the clips it reads, the embedding, tau and the key-side momentum."
+    layout: str = 'ntu25'           # skeleton layout (graph, bones, body parts)
+    frames: int | None = 50         # expected clip length T (None: any)
+    in_channels: int = 3            # coordinates per joint (2-D or 3-D, plus a score channel when the data carry one)
+    feature_dim: int = 128          # embedding size of queries, keys and memories
+    temperature: float = 0.07       # tau of InfoNCE
+    momentum: float = 0.999         # key-side EMA momentum m (the start of the schedule when it is 'cosine')
+    momentum_schedule: str = 'constant' # 'constant', or 'cosine' (from `momentum` to 1 over the run)
+    presets: ClassVar[dict] = {'paper': {}} # preset name -> field overrides (each method's config class sets its own)
+    recipes: ClassVar[dict] = {'paper': {}} # preset name -> `TrainConfig` overrides on the preset's base schedule
+
+    def __post_init__(self): self.check()
+
+    @classmethod
+    def preset(cls, name: str = 'paper', # a key of `presets`
+               **overrides,              # fields to change
+              ):
+        "The named preset with `overrides` applied (validated)."
+        if name not in cls.presets: raise KeyError(f'no {cls.__name__} preset {name!r}; known: {sorted(cls.presets)}')
+        bad = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if bad: raise TypeError(f'{cls.__name__} has no field(s) {bad}')
+        return cls(**{**cls.presets[name], **overrides})
+
+    def check(self):
+        "Validate every field; subclasses extend this with their own fields."
+        o = type(self).__name__
+        try: get_layout(self.layout)
+        except KeyError as e: check_field(o, 'layout', self.layout, False, f'a registered layout ({e})')
+        check_field(o, 'frames', self.frames, self.frames is None or (isinstance(self.frames, int) and self.frames >= 2), 'None or an int >= 2')
+        for name in ('in_channels', 'feature_dim'):
+            v = getattr(self, name); check_field(o, name, v, isinstance(v, int) and v >= 1, 'an int >= 1')
+        check_field(o, 'temperature', self.temperature, self.temperature > 0, 'a positive number')
+        check_field(o, 'momentum', self.momentum, 0 <= self.momentum <= 1, 'a value in [0, 1]')
+        check_field(o, 'momentum_schedule', self.momentum_schedule, self.momentum_schedule in MOMENTUM_SCHEDULES, f'one of {MOMENTUM_SCHEDULES}')
+
+# %% ../../nbs/10_methods.core.ipynb #41e8f5a1
+@dataclass
+class MoCoConfig(ContrastConfig):
+    "A MoCo with ST-GCN encoders, a queue of keys and the normal view (SkeletonCLR's published values)."
+    hidden_channels: int = 16       # ST-GCN width of the first blocks
+    hidden_dim: int = 256           # pooled feature size (the `encode` output)
+    dropout: float = 0.5            # dropout inside ST-GCN blocks 1-9
+    queue_size: int = 32768         # negatives K
+    padding_ratio: int = 6          # temporal crop: mirror-pad T // padding_ratio frames at both ends (<= 0: no crop)
+    shear_amplitude: float = 0.5    # shear off-diagonals ~ U(-a, a) (<= 0: no shear)
+    upstream_init: bool = False     # quirk: re-initialise q and k independently N(0, 0.02), as the upstream processor does
+
+    def check(self):
+        super().check()
+        o = type(self).__name__
+        for name in ('hidden_channels', 'hidden_dim', 'queue_size'):
+            v = getattr(self, name); check_field(o, name, v, isinstance(v, int) and v >= 1, 'an int >= 1')
+        check_field(o, 'dropout', self.dropout, 0 <= self.dropout < 1, 'a probability in [0, 1)')
+        check_field(o, 'padding_ratio', self.padding_ratio, isinstance(self.padding_ratio, int), 'an int (<= 0 turns the crop off)')
+        check_field(o, 'shear_amplitude', self.shear_amplitude, self.shear_amplitude < 1, 'a number < 1 (<= 0 turns the shear off)')
+
+# %% ../../nbs/10_methods.core.ipynb #9420365e
+def check_clips(x,          # a batch of raw joint clips
+                c,          # the method's config (in_channels, layout, frames)
+                who: str,   # method name, for the message
+               ) -> torch.Tensor:
+    "Raise a clear error unless `x` is a float batch `(N, C, T, V, M)` that fits config `c`; return `x`."
+    if not torch.is_tensor(x): raise TypeError(f'{who}: expected a tensor of raw joint clips (N, C, T, V, M), got {type(x).__name__}')
+    if x.dim() != 5: raise ValueError(f'{who}: expected raw joint clips (N, C, T, V, M), got shape {tuple(x.shape)}')
+    if not x.is_floating_point(): raise TypeError(f'{who}: expected floating-point coordinates, got {x.dtype}')
+    N, C, T, V, M = x.shape
+    if C != c.in_channels: raise ValueError(f'{who}: expected {c.in_channels} coordinate channels on axis 1 (in_channels), got {C} (shape {tuple(x.shape)})')
+    nv = get_layout(c.layout).num_joints
+    if V != nv: raise ValueError(f'{who}: expected {nv} joints on axis 3 (layout {c.layout!r}), got {V}')
+    if c.frames is not None and T != c.frames: raise ValueError(f'{who}: expected {c.frames} frames on axis 2, got {T} (set frames={T} or frames=None in the config)')
+    if N < 1: raise ValueError(f'{who}: empty batch')
+    return x
+
+# %% ../../nbs/10_methods.core.ipynb #abe806ff
+class Contrastive(SSLMethod):
+    "A query and a momentum key side, views from the method's generator, named presets: what every method here shares."
+    config_class = ContrastConfig
+    summary: str = ''              # one line for listings
+
+    def _use_config(self, config):
+        cls = self.config_class
+        config = cls() if config is None else config
+        if not isinstance(config, cls): raise TypeError(f'{type(self).__name__}: expected a config of type {cls.__name__}, got {type(config).__name__}')
+        self.config = config
+        return config
+
+    def check_input(self, x) -> torch.Tensor:
+        "Raise a clear error unless `x` is a batch of raw joint clips this method accepts."
+        return check_clips(x, self.config, type(self).__name__)
+
+    def augmented(self, x, augment, n: int = 2, lengths=None) -> list:
+        "`n` independent augmentations of `x` from the method's generator on `x`'s device."
+        g = self.rng(x.device)
+        return [augment(x, g, lengths) for _ in range(n)]
+
+    def momentum_at(self, step: int, total_steps: int | None) -> float:
+        "The key side's momentum at optimizer step `step`: constant, or the cosine schedule (constant without a total)."
+        c = self.config
+        if c.momentum_schedule == 'constant' or not total_steps: return c.momentum
+        return cosine_momentum(step, total_steps, c.momentum)
+
+# %% ../../nbs/10_methods.core.ipynb #3562d602
+def stgcn_for(c) -> STGCN:
+    "A pretraining ST-GCN (MLP head `fc`, output `feature_dim`) for a `MoCoConfig` `c`."
+    return STGCN(get_stgcn_config('skeletonclr', in_channels=c.in_channels, hidden_channels=c.hidden_channels,
+                                  hidden_dim=c.hidden_dim, num_class=c.feature_dim, layout=c.layout, dropout=c.dropout))
+
+
+def key_encoder(query: nn.Module,      # the query encoder
+                key: nn.Module | None = None, # an encoder of the same structure to fill (default: a deep copy)
+               ) -> nn.Module:
+    "A momentum (key) encoder: `query`'s weights and buffers copied into `key`, every parameter frozen."
+    key = copy.deepcopy(query) if key is None else key
+    key.load_state_dict(query.state_dict())
+    return key.requires_grad_(False)
+
+
+def headless(encoder: STGCN) -> STGCN:
+    "A view of `encoder` without its head (`fc` an identity): the same parameter tensors, upstream keys minus `fc.*`."
+    view = copy.copy(encoder)                     # shares the parameter and buffer dictionaries
+    view._modules = dict(encoder._modules); view._modules['fc'] = nn.Identity()
+    view.config = replace(encoder.config, head='none')
+    return view
+
+
+def _unit(z): return F.normalize(z, dim=1)
+
+# %% ../../nbs/10_methods.core.ipynb #f0205fa9
+class MoCo(Contrastive):
+    "MoCo v2 with ST-GCN encoders: query and EMA key encoders, a queue, InfoNCE (SkeletonCLR's construction and step)."
+    config_class = MoCoConfig
+
+    def __init__(self, config: MoCoConfig | None = None, # hyper-parameters (default: the config class's defaults)
+                 seed: int = 0,                          # seed of the construction and of the method's generators
+                ):
+        super().__init__(seed)
+        c = self._use_config(config)
+        with torch.random.fork_rng(devices=[]):   # the weights depend on `seed` only, never on the global state
+            torch.manual_seed(seed)
+            self._build(c, torch.Generator().manual_seed(seed))
+        if c.momentum_schedule == 'cosine':       # the schedule's position is part of the state (exact resume)
+            self.register_buffer('ema_step', torch.zeros((), dtype=torch.long))
+            self.register_buffer('ema_total', torch.zeros((), dtype=torch.long))
+
+    def _build(self, c, g):
+        "Encoders, queue and views, drawn in this order (the state is then the upstream one)."
+        self.encoder_q, self.encoder_k = stgcn_for(c), stgcn_for(c)
+        if c.upstream_init: upstream_init_(self.encoder_q, g)
+        key_encoder(self.encoder_q, self.encoder_k)
+        if c.upstream_init: upstream_init_(self.encoder_k, g)   # different weights, as upstream
+        self.queue = MoCoQueue(c.feature_dim, c.queue_size, generator=g)
+        self.augment = normal_view(c.padding_ratio, c.shear_amplitude, name=self.method_name or type(self).__name__.lower())
+
+    @property
+    def backbone(self) -> STGCN:
+        "The query ST-GCN without its projector (shares its parameters; deep-copy it to fine-tune separately)."
+        return headless(self.encoder_q)
+
+    def stream(self, x): return to_stream(x, getattr(self.config, 'stream', 'joint'), self.config.layout)
+
+    def key_momentum(self) -> float:
+        "The momentum of the next EMA step."
+        if self.config.momentum_schedule == 'constant': return self.config.momentum
+        return self.momentum_at(int(self.ema_step), int(self.ema_total))
+
+    def after_optimizer_step(self, step: int, total_steps: int | None = None) -> None:
+        "Advance the cosine schedule's position (the EMA step itself comes right before the next keys)."
+        if self.config.momentum_schedule == 'cosine':
+            self.ema_step.fill_(step + 1); self.ema_total.fill_(total_steps or 0)
+
+    def key(self, x_k) -> torch.Tensor:
+        "Unit key embeddings of an augmented view; the key encoder takes its EMA step first, without gradient."
+        with torch.no_grad():
+            momentum_update(self.encoder_k, self.encoder_q, self.key_momentum())
+            return _unit(self.encoder_k(self.stream(x_k)))
+
+    def embed(self, x_q, x_k) -> tuple:
+        "Unit query and key embeddings of two augmented views (query first, then the EMA step and the key)."
+        return _unit(self.encoder_q(self.stream(x_q))), self.key(x_k)
+
+    def contrast(self, q, k) -> dict:
+        "InfoNCE of queries against their keys and the queue, the share of queries whose key wins; then enqueue the keys."
+        negatives = self.queue.negatives.clone()       # the enqueue below writes in place
+        loss = info_nce(q, k, negatives, self.config.temperature)
+        with torch.no_grad(): top1 = ((q * k).sum(1) > (q @ negatives.t()).max(1).values).float().mean()
+        self.queue.enqueue(k)
+        return {'loss': loss, 'top1': top1}
+
+    def training_step(self, batch: dict, epoch: int) -> dict:
+        x = self.check_input(batch['x'])
+        x_q, x_k = self.augmented(x, self.augment, 2, batch.get('length'))
+        return self.contrast(*self.embed(x_q, x_k))
+
+    def encode(self, x) -> torch.Tensor:
+        "Pooled `hidden_dim` features of the query backbone for raw joint clips (the stream is computed here)."
+        return self.encoder_q(self.stream(self.check_input(x)), output='pooled')
+
+# %% ../../nbs/10_methods.core.ipynb #15f3dcc1
+METHODS = {}   # name -> method class, filled by `register_method`
+
+def register_method(cls):
+    "Class decorator: file a method under `cls.method_name` (its config class's `presets` and `recipes` must match)."
+    name = cls.method_name
+    if not name or not isinstance(name, str): raise TypeError(f'{cls.__name__}: set `method_name` before registering it')
+    cfg = cls.config_class
+    if set(cfg.presets) != set(cfg.recipes):
+        raise ValueError(f'{cls.__name__}: presets {sorted(cfg.presets)} and training recipes {sorted(cfg.recipes)} must name the same presets')
+    old = METHODS.get(name)
+    if old is not None and old is not cls:
+        if old.__name__ != cls.__name__: raise ValueError(f'a method named {name!r} is already registered ({old.__name__})')
+        if old.__module__.startswith('skelnb.') and not cls.__module__.startswith('skelnb.'): return cls  # a lesson re-defining it
+    METHODS[name] = cls
+    return cls
