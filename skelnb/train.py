@@ -167,7 +167,7 @@ class TrainConfig:
     resume: Optional[str] = None     # None, 'auto' (newest checkpoint in out_dir) or a checkpoint path
     monitor_every: int = 10          # epochs between monitor calls (and the last epoch)
     collapse_batch: int = 64         # clips of the fixed batch whose `encode` features are checked for collapse each epoch (0: off)
-    collapse_threshold: float = 0.01 # warn when the std of the unit features is below this times 1/sqrt(d)
+    collapse_threshold: float = 0.01 # warn when the std of the centred unit features is below this times 1/sqrt(d)
     log_every: int = 10              # optimizer steps between progress-bar refreshes
     progress: bool = True            # show a progress bar (rank 0 only)
 
@@ -711,21 +711,29 @@ class MonitorCB(Callback):
         trainer.log(**{k: _scalar(v) for k, v in res.items()})
 
 # %% ../nbs/11_train.ipynb #38068057
-def embedding_stats(z: torch.Tensor,                    # features `(n, d)` (normalised here)
+def _unit_rows(f: torch.Tensor, centre: bool, floor: float = 1e-3) -> torch.Tensor:
+    "Rows scaled to unit length; centred first when `centre` (a spread below `floor` x the mean row norm is not scaled up)."
+    if not centre: return F.normalize(f, dim=1)
+    c = f - f.mean(0)
+    return c / c.norm(dim=1, keepdim=True).clamp_min(floor * f.norm(dim=1).mean().clamp_min(1e-300))
+
+
+def embedding_stats(z: torch.Tensor,                    # features `(n, d)`
                     z_pos: torch.Tensor | None = None,  # features of positives `(n, d)`: adds `emb_alignment`
+                    centre: bool = False,               # statistics of the centred features (the collapse monitor's)
                    ) -> dict:                           # emb_std, emb_uniformity, emb_rank, emb_cos (+ emb_alignment)
-    "Collapse statistics of a batch of features: per-dimension std, uniformity, effective rank, mean pair cosine."
+    "Collapse statistics of a batch of features: per-dimension std, uniformity and effective rank of the unit rows, raw mean pair cosine."
     if z.ndim != 2 or len(z) < 2: raise ValueError(f'embedding_stats needs features (n >= 2, d), got {tuple(z.shape)}')
-    z = F.normalize(z.detach().double(), dim=1)
-    n = len(z)
-    off = ~torch.eye(n, dtype=torch.bool, device=z.device)
-    sq = torch.cdist(z, z).pow(2)[off]
-    s = torch.linalg.svdvals(z - z.mean(0))
+    z = z.detach().double()
+    u, raw = _unit_rows(z, centre), F.normalize(z, dim=1)
+    off = ~torch.eye(len(z), dtype=torch.bool, device=z.device)
+    sq = torch.cdist(u, u).pow(2)[off]
+    s = torch.linalg.svdvals(u - u.mean(0))
     p = s / s.sum().clamp_min(1e-300)
     rank = torch.exp(-(p * torch.log(p.clamp_min(1e-300))).sum()) if s.sum() > 1e-12 else torch.ones(())
-    out = {'emb_std': z.std(0).mean().item(), 'emb_uniformity': torch.log(torch.exp(-2 * sq).mean()).item(),
-           'emb_rank': rank.item(), 'emb_cos': (z @ z.t())[off].mean().item()}
-    if z_pos is not None: out['emb_alignment'] = (z - F.normalize(z_pos.detach().double(), dim=1)).pow(2).sum(1).mean().item()
+    out = {'emb_std': u.std(0).mean().item(), 'emb_uniformity': torch.log(torch.exp(-2 * sq).mean()).item(),
+           'emb_rank': rank.item(), 'emb_cos': (raw @ raw.t())[off].mean().item()}
+    if z_pos is not None: out['emb_alignment'] = (raw - F.normalize(z_pos.detach().double(), dim=1)).pow(2).sum(1).mean().item()
     return out
 
 # %% ../nbs/11_train.ipynb #9a4aa109
@@ -756,10 +764,10 @@ def _encode_fixed(trainer, x: torch.Tensor, chunk: int = 64) -> Optional[torch.T
 
 
 class CollapseCB(Callback):
-    "After every epoch: `embedding_stats` of the `encode` features of a fixed batch of training clips; warns on collapse."
+    "After every epoch: `embedding_stats` of the centred `encode` features of a fixed batch of training clips; warns on collapse."
     name, order = 'collapse', 50
-    def __init__(self, batch: int = 64, threshold: float = 0.01):
-        self.batch, self.threshold, self.x = batch, threshold, None
+    def __init__(self, batch: int = 64, threshold: float = 0.01, min_rank: float = 1.5):
+        self.batch, self.threshold, self.min_rank, self.x = batch, threshold, min_rank, None
     def after_epoch(self, trainer):
         if not trainer.is_main: return
         if self.x is None:
@@ -769,13 +777,14 @@ class CollapseCB(Callback):
         z = _encode_fixed(trainer, self.x)
         if z is not None: trainer.log(**self.check(z, trainer.epoch))
     def check(self, z: torch.Tensor, epoch: int) -> dict:
-        "The statistics of `z` and `collapsed` (1 or 0); warns when collapsed."
-        st, d = embedding_stats(z), z.shape[1]
+        "The statistics of the centred `z` and `collapsed` (1 or 0); warns when collapsed."
+        st, d = embedding_stats(z, centre=True), z.shape[1]
         limit = self.threshold / math.sqrt(d)
-        st['collapsed'] = float(st['emb_std'] < limit)
+        st['collapsed'] = float(st['emb_std'] < limit or st['emb_rank'] < self.min_rank)
         if st['collapsed']:
-            warnings.warn(f'epoch {epoch}: the embeddings collapsed: std of the unit features {st["emb_std"]:.2e} < '
-                          f'{limit:.2e} (collapse_threshold {self.threshold} / sqrt(d), d = {d}); mean pair cosine {st["emb_cos"]:.4f}')
+            warnings.warn(f"epoch {epoch}: the embeddings collapsed: centred features with std {st['emb_std']:.2e} "
+                          f"(limit {limit:.2e} = collapse_threshold {self.threshold} / sqrt(d), d = {d}) and effective rank "
+                          f"{st['emb_rank']:.2f} (limit {self.min_rank}); raw mean pair cosine {st['emb_cos']:.4f}")
         return st
 
 # %% ../nbs/11_train.ipynb #d53ae297
