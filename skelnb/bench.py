@@ -19,7 +19,7 @@ __all__ = ['UPSTREAM_US_PER_SAMPLE', 'BenchCase', 'min_ratio', 'max_value', 'run
            'onednn_version', 'onednn_isa', 'machine_info', 'machine_header', 'run_benchmarks', 'format_row',
            'results_markdown', 'profile_method_step', 'merge_results', 'bench_cli', 'bench_graph_conv',
            'matmul_peak_gflops', 'bench_stgcn', 'bench_checkpointing', 'bench_allocator', 'bench_normal_pair',
-           'bench_extreme_view']
+           'bench_extreme_view', 'bench_trainer', 'bench_trainer_method']
 
 # %% ../nbs/90_bench.ipynb #f4326416
 @dataclass
@@ -658,3 +658,63 @@ def bench_extreme_view(batch: int = 128, frames: int = 50, joints: int = 25, per
     "Samples/s of AimCLR's extreme view: batched skelnb vs the per-sample numpy reference."
     return _bench_views([aimclr_extreme(aug_method)], 'extreme_view', batch, frames, joints, persons, repeats, warmup,
                         reference_samples, device, num_threads, seed, malloc)
+
+# %% ../nbs/90_bench.ipynb #77bff51e
+from .data import ArrayDataset, derive_seed, make_loader
+from .train import Trainer, TrainConfig, ToyClips
+
+def _reference_loop(method, dataset, cfg: TrainConfig, epochs: int = 1):
+    "The plainest training loop with the Trainer's seeds (constant lr, no accumulation, one process)."
+    seed_everything(derive_seed(cfg.seed, 'global', 0)); method.seed(derive_seed(cfg.seed, 'method', 0))
+    opt = torch.optim.SGD(method.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    step = 0
+    loader = make_loader(dataset, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True)
+    for epoch in range(epochs):
+        method.train()
+        for batch in loader:
+            loss = method.training_step(batch, epoch)['loss']
+            opt.zero_grad(); loss.backward(); opt.step()
+            method.after_optimizer_step(step, None); step += 1
+    return method
+
+
+def _trainer_vs_reference(make_method: Callable, dataset, cfg: TrainConfig, repeats: int) -> dict:
+    "Median seconds of `Trainer.fit` and of `_reference_loop`, alternating; asserts identical weights every round."
+    runs = {'reference': lambda: _reference_loop(make_method(), dataset, cfg, cfg.epochs),
+            'trainer': lambda: Trainer(make_method(), dataset, cfg).fit().method}
+    times, ends = {k: [] for k in runs}, {}
+    for i in range(repeats + 1):   # the first round warms up and is not timed
+        for name, run in runs.items():
+            def once(): seed_everything(0); ends[name] = run()
+            t = timeit(once, 1, 0)
+            if i: times[name].append(t)
+        a, b = ends['reference'].state_dict(), ends['trainer'].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), 'the Trainer and the reference loop differ'
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+# %% ../nbs/90_bench.ipynb #8a7653b3
+def bench_trainer(n=512, batch_size=64, hidden=16, frames=16, joints=5, epochs=1, repeats=3) -> dict:
+    "Samples/s of `Trainer.fit` vs `_reference_loop` on the toy method (medians), asserting identical weights."
+    ds = ToyClips(n=n, frames=frames, joints=joints)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, schedule='constant', lr=0.05, device='cpu', progress=False)
+    t = _trainer_vs_reference(lambda: ToyMoCo(hidden=hidden), ds, cfg, repeats)
+    samples = epochs * (n // batch_size) * batch_size
+    return {'reference_samples_per_s': samples / t['reference'], 'trainer_samples_per_s': samples / t['trainer'],
+            'trainer_overhead': t['trainer'] / t['reference'] - 1}
+
+
+def bench_trainer_method(name: str = 'skeletonclr', preset: str = 'lesson', n: int = 256, batch_size: int | None = None,
+                         epochs: int = 1, repeats: int = 3, **overrides) -> dict:
+    "`bench_trainer` for a catalog method at its preset's size (batch: the preset's recipe) on random clips; `overrides`: TrainConfig fields."
+    from skelnb.methods.catalog import build_method, method_train_config
+    recipe = method_train_config(name, preset)
+    bs = batch_size or recipe.batch_size
+    T = getattr(build_method(name, preset).config, 'frames', None) or 50
+    x = torch.randn(n, 3, T, 25, 2, generator=torch.Generator().manual_seed(0)); x[..., 1] = 0   # one person per clip
+    ds = ArrayDataset(x, torch.zeros(n, dtype=torch.long))
+    cfg = TrainConfig(**{'epochs': epochs, 'batch_size': bs, 'schedule': 'constant', 'lr': recipe.lr, 'device': 'cpu',
+                         'progress': False, **overrides})
+    t = _trainer_vs_reference(lambda: build_method(name, preset, seed=0), ds, cfg, repeats)
+    steps = epochs * (n // bs)
+    return {'method': name, 'preset': preset, 'batch_size': bs, 'reference_ms_per_step': 1000 * t['reference'] / steps,
+            'trainer_ms_per_step': 1000 * t['trainer'] / steps, 'trainer_overhead': t['trainer'] / t['reference'] - 1}

@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_evaluate.ipynb #b9552fd1
 from __future__ import annotations
-import argparse, copy, json, math, time, warnings
+import argparse, contextlib, copy, json, math, time, warnings
 from pathlib import Path
 from typing import Callable, Optional
 import numpy as np
@@ -14,11 +14,14 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 from .data import make_loader, labelled_subset, save_subset, load_subset, derive_seed
 from .skeleton import convert_layout, get_layout
+from .methods.core import SSLMethod
+from .train import Callback, Trainer, TrainConfig, get_rng_states, set_rng_states
 
 # %% auto #0
 __all__ = ['ENSEMBLE_WEIGHTS', 'PROTOCOLS', 'model_device', 'encode_batch', 'extract_features', 'knn_predict', 'knn_accuracy',
            'knn_monitor', 'ridge_fit', 'ridge_probe', 'logistic_probe', 'dataset_targets', 'split_validation',
-           'linear_evaluation', 'finetune_evaluation', 'subset_indices', 'semi_supervised_evaluation', 'LayoutDataset',
+           'LinearProbe', 'FeatureDataset', 'predict_dataset', 'BestEpochCB', 'probe_config', 'linear_evaluation',
+           'FineTuneProbe', 'finetune_evaluation', 'subset_indices', 'semi_supervised_evaluation', 'LayoutDataset',
            'dataset_layout', 'transfer_evaluation', 'ensemble_scores', 'ensemble_accuracy', 'check_protocols',
            'knn_evaluation', 'run_protocols', 'random_floor', 'raw_ridge_floor', 'results_table', 'save_results',
            'method_from_checkpoint', 'evaluate_cli']
@@ -182,7 +185,7 @@ def ridge_probe(train_f, train_y, test_f, test_y, # features `(N, D)`, `(M, D)` 
     return {'protocol': 'probe', 'setting': f'ridge alpha={alpha:g}', 'accuracy': acc(test_f, test_y),
             'train_accuracy': acc(train_f, train_y), 'selection': 'none (closed form)'}
 
-
+# %% ../nbs/12_evaluate.ipynb #0bfeff5e
 def logistic_probe(train_f, train_y, test_f, test_y, # features and labels
                    weight_decay: float = 1e-4,  # lambda of the L2 penalty on W
                    max_iter: int = 200,         # L-BFGS iterations
@@ -239,27 +242,75 @@ def _freeze(model):
     return restore
 
 
-def _step_lr(lr, epoch, milestones, gamma):
-    return lr * gamma ** sum(epoch >= m for m in milestones)
+@contextlib.contextmanager
+def _same_random_state():
+    "The caller's global random states are left as they were (the Trainer re-seeds them)."
+    states = get_rng_states()
+    try: yield
+    finally: set_rng_states(states)
+
+# %% ../nbs/12_evaluate.ipynb #7195b1b3
+def _init_head(head: nn.Linear, seed: int) -> nn.Linear:
+    "Weights from N(0, 0.01^2) of a generator seeded with `seed`, a zero bias."
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.out_features, head.in_features, generator=g) * 0.01); head.bias.zero_()
+    return head
 
 
-@torch.no_grad()
-def _scores(model, head, dataset, batch_size, device, layer, cached=None):
-    "Logits `(N, K)`, labels and sample indices of `dataset` (eval mode)."
-    if cached is not None:
-        f, y, idx = cached
-        return head(f.to(device)).double().cpu(), y, idx
-    outs, ys, idx = [], [], []
-    for batch in make_loader(dataset, batch_size=batch_size, shuffle=False):
-        outs.append(head(encode_batch(model, batch['x'].to(device), layer)).double().cpu())
-        ys.append(batch['label'].long()); idx.append(batch['index'].long())
-    return torch.cat(outs), torch.cat(ys), torch.cat(idx)
+class LinearProbe(SSLMethod):
+    "A linear classifier on an encoder as a method: `training_step` is the cross-entropy of the labels, `predict` the logits."
+    method_name = 'linear_probe'
+    def __init__(self, encoder,                      # `SSLMethod`-like (`encode`), a module clips -> `(N, D)`, or None (inputs are features)
+                 num_classes: int,
+                 frozen: bool = True,                # the encoder stays in eval mode, without gradients
+                 in_features: Optional[int] = None,  # feature size D (default: read from `example`)
+                 example: Optional[torch.Tensor] = None, # a few inputs to read D from
+                 layer=None,                         # see `encode_batch`
+                 seed: int = 0,                      # seed of the head's initialisation
+                ):
+        super().__init__(seed)
+        self.encoder, self.frozen, self.layer = encoder, frozen, layer
+        if encoder is not None and frozen: encoder.requires_grad_(False)
+        if in_features is None:
+            if example is None: raise ValueError('LinearProbe needs in_features, or example inputs to read the feature size from')
+            in_features = self._feature_size(example)
+        self.head = _init_head(nn.Linear(in_features, num_classes), seed)
 
+    def _feature_size(self, x) -> int:
+        if self.encoder is None: return x.shape[1]
+        was = self.encoder.training; self.encoder.eval()
+        try:
+            with torch.no_grad(): return encode_batch(self.encoder, x.to(model_device(self.encoder)), self.layer).shape[1]
+        finally: self.encoder.train(was)
 
-def _features_with_index(model, dataset, batch_size, device, layer):
-    f, y = extract_features(model, dataset, batch_size, device, layer)
-    idx = torch.cat([b['index'].long() for b in make_loader(dataset, batch_size=4096, shuffle=False)]) if _has_index(dataset) else torch.arange(len(y))
-    return f.to(device), y, idx
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.encoder is not None and self.frozen: self.encoder.eval()   # BatchNorm statistics and dropout as pretrained
+        return self
+
+    def encode(self, x):
+        "Features of the inputs (the inputs themselves without an encoder)."
+        if self.encoder is None: return x
+        if not self.frozen: return encode_batch(self.encoder, x, self.layer)
+        with torch.no_grad(): return encode_batch(self.encoder, x, self.layer)
+
+    def predict(self, x): return self.head(self.encode(x))
+
+    def training_step(self, batch: dict, epoch: int) -> dict:
+        logits, y = self.predict(batch['x']), batch['label'].long()
+        return {'loss': F.cross_entropy(logits, y), 'top1': 100 * (logits.argmax(1) == y).float().mean()}
+
+# %% ../nbs/12_evaluate.ipynb #dfb5658f
+class FeatureDataset(Dataset):
+    "Cached features as samples `{'x': (D,), 'label', 'index'}`, to train a probe without running its encoder."
+    def __init__(self, features, labels, index=None):
+        self.features, self.labels = torch.as_tensor(features), torch.as_tensor(labels).long()
+        self.index = torch.arange(len(self.labels)) if index is None else torch.as_tensor(index).long()
+    def __len__(self): return len(self.labels)
+    @property
+    def targets(self) -> np.ndarray: return self.labels.numpy()
+    def __getitem__(self, i): return {'x': self.features[i], 'label': self.labels[i], 'index': self.index[i]}
 
 
 def _has_index(dataset):
@@ -267,6 +318,48 @@ def _has_index(dataset):
     except Exception: return False
 
 
+def _features_with_index(model, dataset, batch_size, device, layer) -> tuple:
+    f, y = extract_features(model, dataset, batch_size, device, layer)
+    idx = torch.cat([b['index'].long() for b in make_loader(dataset, batch_size=4096, shuffle=False)]) if _has_index(dataset) else torch.arange(len(y))
+    return f, y, idx
+
+
+@torch.no_grad()
+def predict_dataset(model, dataset, batch_size: int = 256) -> tuple:
+    "`model.predict` over `dataset` in eval mode (restored after): logits `(N, K)` float64 on the CPU, labels, sample indices."
+    was, device = model.training, model_device(model)
+    model.eval()
+    outs, ys, idx = [], [], []
+    try:
+        for b in make_loader(dataset, batch_size=batch_size, shuffle=False):
+            outs.append(model.predict(b['x'].to(device)).double().cpu()); ys.append(b['label'].long()); idx.append(b['index'].long())
+    finally: model.train(was)
+    return torch.cat(outs), torch.cat(ys), torch.cat(idx)
+
+
+class BestEpochCB(Callback):
+    "Scores `trainer.method` on a validation set every `every` epochs and after the last; keeps the best epoch's weights."
+    name, order = 'best_epoch', 60
+    def __init__(self, dataset, every: int = 5, batch_size: int = 256):
+        self.dataset, self.every, self.batch_size, self.best = dataset, every, batch_size, None   # best: (epoch, accuracy, state)
+    def after_epoch(self, trainer):
+        e = trainer.epoch
+        if not trainer.is_main or (e % self.every and e != trainer.config.epochs): return
+        s, y, _ = predict_dataset(trainer.method, self.dataset, self.batch_size)
+        acc = _top(s, y)
+        trainer.log(val_accuracy=acc)
+        if self.best is None or acc > self.best[1]:
+            self.best = (e, acc, {k: v.detach().clone() for k, v in trainer.method.state_dict().items()})
+
+
+def probe_config(epochs: int, lr: float, momentum: float, weight_decay: float, milestones, gamma: float,
+                 batch_size: int, seed: int, device) -> TrainConfig:
+    "The `TrainConfig` of a probe: SGD on a step schedule, every clip used, no mixed precision, no monitors, nothing written."
+    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                       schedule='step', milestones=tuple(sorted(milestones)), gamma=gamma, seed=seed, device=str(device),
+                       drop_last=False, amp=False, collapse_batch=0, progress=False)
+
+# %% ../nbs/12_evaluate.ipynb #f83682b0
 def linear_evaluation(model,                   # frozen encoder: an `SSLMethod` (uses `encode`) or a module clips -> `(N, D)`
                       train_dataset, test_dataset,
                       epochs: int = 100, lr: float = 3.0, momentum: float = 0.9, weight_decay: float = 0.0,
@@ -280,7 +373,7 @@ def linear_evaluation(model,                   # frozen encoder: an `SSLMethod` 
                       num_classes: int | None = None,
                       keep_scores: bool = True,    # return the last-epoch test logits (`scores`, `index`) for ensembles
                      ) -> dict:
-    "Train a linear head on the frozen encoder (upstream recipe); report the last epoch (and, with a validation split, the best-validation epoch)."
+    "Train a `LinearProbe` on the frozen encoder with the `Trainer` (upstream recipe); report the last epoch (and, with a validation split, the best-validation epoch)."
     if epochs < 1: raise ValueError(f'epochs must be >= 1, got {epochs}')
     device = model_device(model) if device is None else torch.device(device)
     t0 = time.time()
@@ -288,54 +381,55 @@ def linear_evaluation(model,                   # frozen encoder: an `SSLMethod` 
     K = num_classes or _num_classes(torch.as_tensor(dataset_targets(train_dataset)), torch.as_tensor(dataset_targets(test_dataset)))
     restore = _freeze(model)
     try:
-        cache = {}
-        if cache_features:
-            cache = {n: _features_with_index(model, d, 256, device, layer) for n, d in
-                     (('train', train_part), ('val', val_part), ('test', test_dataset)) if d is not None}
-        with torch.no_grad():
-            x0 = next(iter(make_loader(train_part, batch_size=2)))['x'].to(device)
-            D = cache['train'][0].shape[1] if cache else encode_batch(model, x0, layer).shape[1]
-        g = torch.Generator().manual_seed(derive_seed(seed, 'linear_head'))
-        head = nn.Linear(D, K)
-        with torch.no_grad():
-            head.weight.copy_(torch.randn(K, D, generator=g) * 0.01); head.bias.zero_()
-        head = head.to(device)
-        opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-        loader = make_loader(train_part, batch_size=batch_size, shuffle=True, seed=derive_seed(seed, 'linear_order'))
-        best = None
-        for epoch in range(epochs):
-            for grp in opt.param_groups: grp['lr'] = _step_lr(lr, epoch, milestones, gamma)
-            loader.set_epoch(epoch)
-            if cache:
-                f_all, y_all, _ = cache['train']
-                order = loader.sampler.order(epoch)
-                batches = ((f_all[i], y_all[i].to(device)) for i in order.split(batch_size))
-            else:
-                batches = ((encode_batch(model, b['x'].to(device), layer), b['label'].long().to(device)) for b in loader)
-            for f, y in batches:
-                loss = F.cross_entropy(head(f.detach()), y)
-                opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-            last = epoch == epochs - 1
-            if val_part is not None and ((epoch + 1) % eval_every == 0 or last):
-                s, y, _ = _scores(model, head, val_part, 256, device, layer, cache.get('val'))
-                acc = _top(s, y)
-                if best is None or acc > best[1]: best = (epoch + 1, acc, copy.deepcopy(head.state_dict()))
-        s, y, idx = _scores(model, head, test_dataset, 256, device, layer, cache.get('test'))
-        out = {'protocol': 'linear', 'setting': f'SGD lr={lr:g} {epochs} ep', 'accuracy': _top(s, y), 'top5': _top(s, y, 5),
-               'epochs': epochs, 'selection': 'last epoch', 'train_clips': len(train_part), 'test_clips': len(y)}
-        if best is not None:
-            head.load_state_dict(best[2])
-            sb, yb, _ = _scores(model, head, test_dataset, 256, device, layer, cache.get('test'))
-            out.update(val_clips=len(val_part), best_val_epoch=best[0], best_val_accuracy=best[1],
-                       accuracy_at_best_val=_top(sb, yb),
-                       selection_note=f'best epoch chosen on a validation split of {len(val_part)} training clips, never on the test set')
-        if keep_scores: out.update(scores=s, index=idx, labels=y)
-        out['seconds'] = time.time() - t0
-        return out
+        with _same_random_state():
+            sets = {'train': train_part, 'val': val_part, 'test': test_dataset}
+            if cache_features:
+                sets = {k: d if d is None else FeatureDataset(*_features_with_index(model, d, 256, device, layer)) for k, d in sets.items()}
+            probe = LinearProbe(None if cache_features else model, K, example=next(iter(make_loader(sets['train'], batch_size=2)))['x'],
+                                layer=layer, seed=derive_seed(seed, 'linear_head'))
+            best = BestEpochCB(sets['val'], eval_every) if val_part is not None else None
+            cfg = probe_config(epochs, lr, momentum, weight_decay, milestones, gamma, batch_size, derive_seed(seed, 'linear_order'), device)
+            Trainer(probe, sets['train'], cfg, callbacks=[best] if best else []).fit()
+            s, y, idx = predict_dataset(probe, sets['test'])
+            out = {'protocol': 'linear', 'setting': f'SGD lr={lr:g} {epochs} ep', 'accuracy': _top(s, y), 'top5': _top(s, y, 5),
+                   'epochs': epochs, 'selection': 'last epoch', 'train_clips': len(train_part), 'test_clips': len(y)}
+            if best is not None:
+                probe.load_state_dict(best.best[2])
+                sb, yb, _ = predict_dataset(probe, sets['test'])
+                out.update(val_clips=len(val_part), best_val_epoch=best.best[0], best_val_accuracy=best.best[1],
+                           accuracy_at_best_val=_top(sb, yb),
+                           selection_note=f'best epoch chosen on a validation split of {len(val_part)} training clips, never on the test set')
     finally:
         restore()
+    if keep_scores: out.update(scores=s, index=idx, labels=y)
+    out['seconds'] = time.time() - t0
+    return out
 
 # %% ../nbs/12_evaluate.ipynb #c0d175c6
+class FineTuneProbe(LinearProbe):
+    "A linear head on a trainable copy of the encoder (its `.backbone` when it has one; the rest stays frozen)."
+    method_name = 'finetune_probe'
+    def __init__(self, encoder, num_classes: int, in_features: Optional[int] = None, example: Optional[torch.Tensor] = None,
+                 layer=None, freeze_bn: bool = False, seed: int = 0):
+        net = copy.deepcopy(encoder)
+        net.requires_grad_(False)
+        trainable = net.backbone if isinstance(getattr(net, 'backbone', None), nn.Module) else net
+        trainable.requires_grad_(True)
+        super().__init__(net, num_classes, frozen=False, in_features=in_features, example=example, layer=layer, seed=seed)
+        self.freeze_bn = freeze_bn
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_bn: self.encoder.eval()    # upstream AimCLR's quirk: batch norms and dropout as in evaluation
+        return self
+
+    def encode(self, x):
+        f = super().encode(x)
+        if torch.is_grad_enabled() and not f.requires_grad:
+            raise RuntimeError('the encoder output has no gradient: does `encode` run under no_grad? pass layer=... instead')
+        return f
+
+
 def finetune_evaluation(model,                 # an `SSLMethod` (its `.backbone` is trained) or a plain module clips -> `(N, D)`
                         train_dataset, test_dataset,
                         subset=None,           # indices into `train_dataset` to train on (e.g. a labelled subset); all when None
@@ -348,44 +442,25 @@ def finetune_evaluation(model,                 # an `SSLMethod` (its `.backbone`
                         num_classes: int | None = None,
                         keep_scores: bool = False,
                        ) -> dict:
-    "Fine-tune a copy of the encoder with a new linear head; report the last-epoch test accuracy."
+    "Fine-tune a copy of the encoder with a new linear head (a `FineTuneProbe` trained by the `Trainer`); report the last-epoch test accuracy."
     if epochs < 1: raise ValueError(f'epochs must be >= 1, got {epochs}')
     device = model_device(model) if device is None else torch.device(device)
     t0 = time.time()
     part = train_dataset if subset is None else Subset(train_dataset, np.asarray(subset, dtype=np.int64).tolist())
     if len(part) == 0: raise ValueError('finetune_evaluation: the training subset is empty')
     K = num_classes or _num_classes(torch.as_tensor(dataset_targets(train_dataset)), torch.as_tensor(dataset_targets(test_dataset)))
-    net = copy.deepcopy(model).to(device)
-    net.requires_grad_(False)
-    trainable = getattr(net, 'backbone', None) if isinstance(getattr(net, 'backbone', None), nn.Module) else net
-    trainable.requires_grad_(True)
-    with torch.no_grad():
-        net.eval(); D = encode_batch(net, next(iter(make_loader(part, batch_size=2)))['x'].to(device), layer).shape[1]
-    g = torch.Generator().manual_seed(derive_seed(seed, 'finetune_head'))
-    head = nn.Linear(D, K)
-    with torch.no_grad(): head.weight.copy_(torch.randn(K, D, generator=g) * 0.01); head.bias.zero_()
-    head = head.to(device)
-    params = [p for p in trainable.parameters() if p.requires_grad] + list(head.parameters())
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    torch.manual_seed(derive_seed(seed, 'finetune_dropout'))
-    loader = make_loader(part, batch_size=batch_size, shuffle=True, seed=derive_seed(seed, 'finetune_order'))
-    for epoch in range(epochs):
-        net.train(not freeze_bn)
-        for grp in opt.param_groups: grp['lr'] = _step_lr(lr, epoch, milestones, gamma)
-        loader.set_epoch(epoch)
-        for b in loader:
-            f = encode_batch(net, b['x'].to(device), layer)
-            if not f.requires_grad: raise RuntimeError('the encoder output has no gradient: does `encode` run under no_grad? pass layer=... instead')
-            loss = F.cross_entropy(head(f), b['label'].long().to(device))
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-    net.eval()
-    s, y, idx = _scores(net, head, test_dataset, 256, device, layer)
+    with _same_random_state():
+        probe = FineTuneProbe(model, K, example=next(iter(make_loader(part, batch_size=2)))['x'], layer=layer,
+                              freeze_bn=freeze_bn, seed=derive_seed(seed, 'finetune_head'))
+        cfg = probe_config(epochs, lr, momentum, weight_decay, milestones, gamma, batch_size, derive_seed(seed, 'finetune_order'), device)
+        Trainer(probe, part, cfg).fit()
+        s, y, idx = predict_dataset(probe, test_dataset)
     out = {'protocol': 'finetune', 'setting': f'SGD lr={lr:g} {epochs} ep', 'accuracy': _top(s, y), 'top5': _top(s, y, 5),
            'epochs': epochs, 'selection': 'last epoch', 'train_clips': len(part), 'test_clips': len(y), 'seconds': time.time() - t0}
     if keep_scores: out.update(scores=s, index=idx, labels=y)
     return out
 
-
+# %% ../nbs/12_evaluate.ipynb #57d3e90b
 def subset_indices(dataset,             # the training split
                    fraction: float,     # labelled share p
                    seed: int = 0,
@@ -545,7 +620,7 @@ def run_protocols(model, train_dataset, test_dataset,
         elif p == 'semi': rows += semi_supervised_evaluation(model, train_dataset, test_dataset, device=device, layer=layer, **(semi_kwargs or {}))
     return rows
 
-
+# %% ../nbs/12_evaluate.ipynb #120fbd90
 def random_floor(make_encoder: Callable,   # () -> a freshly initialised encoder (method or module)
                  train_dataset, test_dataset,
                  protocols=('knn', 'probe'),
@@ -629,7 +704,7 @@ def method_from_checkpoint(path,              # a checkpoint of `skelnb.train.Tr
         method = load_method(path)   # the stored method configuration rebuilds the right sizes
     return method.to(device).eval()
 
-
+# %% ../nbs/12_evaluate.ipynb #00af011a
 def evaluate_cli(argv=None) -> list:
     "Command line: evaluate a checkpoint (or a random encoder) with named protocols; writes JSON, prints a table."
     ap = argparse.ArgumentParser(prog='skelnb-evaluate', description='Evaluate a pretrained skeleton encoder.')

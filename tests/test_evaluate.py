@@ -8,8 +8,9 @@ import torch.nn as nn
 from skelnb.evaluate import (extract_features, knn_accuracy, knn_predict, knn_monitor, ridge_fit, ridge_probe, logistic_probe,
                              linear_evaluation, finetune_evaluation, semi_supervised_evaluation, subset_indices,
                              ensemble_scores, ensemble_accuracy, ENSEMBLE_WEIGHTS, run_protocols, check_protocols,
-                             results_table, save_results, evaluate_cli, LayoutDataset, split_validation, dataset_targets)
-from skelnb.data import ArrayDataset, load_subset
+                             results_table, save_results, evaluate_cli, LayoutDataset, split_validation, dataset_targets,
+                             LinearProbe, FineTuneProbe, FeatureDataset, BestEpochCB, probe_config, predict_dataset)
+from skelnb.data import ArrayDataset, load_subset, make_loader, derive_seed
 from skelnb.train import ToyClips, ToyMoCo, Trainer, TrainConfig
 from skelnb.skeleton import convert_layout
 
@@ -130,6 +131,50 @@ def test_linear_evaluation_frozen_and_cached(clips):
     v = linear_evaluation(enc, tr, te, epochs=4, lr=0.5, milestones=(), batch_size=16, val_fraction=0.25, eval_every=1, cache_features=True)
     assert v['val_clips'] == 24 and v['train_clips'] == 72 and 'validation' in v['selection_note']
     assert 1 <= v['best_val_epoch'] <= 4
+
+
+def test_linear_evaluation_is_the_upstream_loop(clips):
+    "The probe trained by the Trainer is the plain loop: N(0, 0.01) head, SGD, the lr x0.1 at the milestone, the seeded order."
+    tr, te = clips
+    torch.manual_seed(0); enc = Flat(3 * 12 * 5)
+    r = linear_evaluation(enc, tr, te, epochs=3, lr=0.5, milestones=(2,), batch_size=16)
+    enc.eval()
+    head = nn.Linear(8, 4)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(4, 8, generator=torch.Generator().manual_seed(derive_seed(0, 'linear_head'))) * 0.01); head.bias.zero_()
+    opt = torch.optim.SGD(head.parameters(), lr=0.5, momentum=0.9)
+    loader = make_loader(tr, batch_size=16, shuffle=True, seed=derive_seed(0, 'linear_order'))
+    for epoch in range(3):
+        for g in opt.param_groups: g['lr'] = 0.5 * (0.1 if epoch >= 2 else 1.0)
+        for b in loader:
+            with torch.no_grad(): f = enc(b['x'])
+            loss = nn.functional.cross_entropy(head(f), b['label']); opt.zero_grad(); loss.backward(); opt.step()
+    with torch.no_grad(): s = head(enc(te.x)).double()
+    assert torch.allclose(r['scores'], s, atol=1e-6)
+
+
+def test_probes_follow_the_method_contract(clips):
+    tr, te = clips
+    torch.manual_seed(0); enc = Flat(3 * 12 * 5)
+    f, y = extract_features(enc, tr)
+    fv, yv = extract_features(enc, te)
+    probe = LinearProbe(None, 4, in_features=8, seed=3)
+    best = BestEpochCB(FeatureDataset(fv, yv), every=1)
+    t = Trainer(probe, FeatureDataset(f, y), probe_config(4, 0.5, 0.9, 0.0, (), 0.1, 16, 0, 'cpu'), callbacks=[best]).fit()
+    vals = [r['val_accuracy'] for r in t.history]
+    assert len(vals) == 4 and best.best[0] == 1 + vals.index(max(vals)) and best.best[1] == max(vals)
+    assert all('loss' in r and 'top1' in r for r in t.history)
+    s, yy, idx = predict_dataset(probe, FeatureDataset(fv, yv))
+    assert s.shape == (48, 4) and torch.equal(yy, yv) and torch.equal(idx, torch.arange(48))
+    class WithBackbone(nn.Module):
+        def __init__(self):
+            super().__init__(); self.backbone = nn.Sequential(nn.Linear(180, 4), nn.Dropout(0.5)); self.other = nn.Linear(4, 4)
+        def encode(self, x): return self.other(self.backbone(x.flatten(1)))
+    ft = FineTuneProbe(WithBackbone(), 4, example=tr.x[:2], freeze_bn=True)
+    assert [n for n, p in ft.named_parameters() if p.requires_grad] == ['encoder.backbone.0.weight', 'encoder.backbone.0.bias', 'head.weight', 'head.bias']
+    ft.train()
+    assert ft.training and not ft.encoder.training                     # freeze_bn: batch norms as in evaluation
+    with pytest.raises(ValueError, match='in_features'): LinearProbe(enc, 4)
 
 
 def test_split_validation_disjoint_and_balanced(clips):

@@ -10,7 +10,8 @@ from torch import nn
 from skelnb.data import derive_seed
 
 from skelnb.methods.core import SSLMethod
-from skelnb.train import (ToyMoCo, ToyClips, Trainer, TrainConfig, train_preset, run_pretraining, seed_everything, lr_at, wrap_ddp, bench_trainer, run_toy_ddp)
+from skelnb.train import (ToyMoCo, ToyClips, Trainer, TrainConfig, train_preset, run_pretraining, seed_everything, lr_at, wrap_ddp, run_toy_ddp)
+from skelnb.bench import bench_trainer
 from skelnb.checkpoint import (CheckpointError, read_checkpoint, load_method_weights, list_checkpoints, latest_checkpoint, checkpoint_path, atomic_save, CHECKPOINT_FORMAT)
 from skelnb.runtime import allocator_reexec_command, FAST_ALLOCATOR_ENV
 
@@ -186,9 +187,9 @@ def test_trainer_equals_the_reference_loop():
 
 def test_amp_on_cpu_uses_bfloat16():
     t = fresh_run(lesson(epochs=1, amp=True)).fit()
-    assert t.amp_dtype == torch.bfloat16 and not t.scaler.is_enabled()
+    assert t.callbacks['amp'].dtype == torch.bfloat16 and not t.callbacks['amp'].scaler.is_enabled()
     assert math.isfinite(t.history[0]['loss'])
-    assert fresh_run(lesson(epochs=1)).amp_dtype is None       # 'auto' is off on CPU
+    assert fresh_run(lesson(epochs=1)).callbacks['amp'].dtype is None       # 'auto' is off on CPU
 
 
 # ---------------------------------------------------------------- seeds
