@@ -581,7 +581,7 @@ def bench_allocator(batch_size=64, hidden=64, frames=50, joints=25, persons=2, s
                     timeout=600) -> dict:
     "Toy-method training step with the default vs the raised glibc allocator thresholds, fresh processes alternating for `rounds` rounds (medians)."
     args = dict(batch_size=batch_size, hidden=hidden, frames=frames, joints=joints, persons=persons, steps=steps, warmup=warmup, threads=threads)
-    code = f'import json; from skelnb.train import _toy_step_timing; print(json.dumps(_toy_step_timing(**{args!r})))'
+    code = f'import json; from skelnb.bench import _toy_step_timing; print(json.dumps(_toy_step_timing(**{args!r})))'
     res = {'default': [], 'fast': []}
     for _ in range(rounds):
         for name, extra in (('default', {}), ('fast', FAST_ALLOCATOR_ENV)):

@@ -175,11 +175,16 @@ def pretrain(method: str = 'skeletonclr',  # method name
 
 
 def with_data_layout(name: str, dataset, overrides: dict | None = None) -> dict:
-    "Method overrides with the dataset's joint layout filled in (unless given), so e.g. NW-UCLA's 20 joints just work."
+    "Method overrides with the dataset's layout, channels and (for the MoCo family) clip length filled in unless given."
+    from skelnb.prepare import data_channels
+    from skelnb.methods.core import MoCoConfig
     overrides = dict(overrides or {})
     have = dataset.info.get('layout', 'ntu25')
-    if 'layout' in {f.name for f in fields(method_config_class(name))}:
-        overrides.setdefault('layout', have)
+    cfg_cls = method_config_class(name)
+    overrides.setdefault('layout', have)
+    overrides.setdefault('in_channels', len(data_channels(dataset.info)))   # 2-D, 3-D, or with a score channel
+    if issubclass(cfg_cls, MoCoConfig) and getattr(dataset, 'data', None) is not None:
+        overrides.setdefault('frames', int(dataset.data.shape[2]))          # the MoCo family reads clips as prepared
     want = overrides.get('layout', have)
     from skelnb.skeleton import get_layout
     if get_layout(want).num_joints != get_layout(have).num_joints:
