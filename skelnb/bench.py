@@ -325,7 +325,8 @@ def profile_method_step(name: str = 'skeletonclr', preset: str = 'paper', batch_
                         top: int = 12, device: str = 'cpu') -> list:
     "Top operators (share of self CPU time) of `steps` full training steps of a method, after one warm-up step."
     from torch.profiler import profile, ProfilerActivity
-    from skelnb.methods.catalog import build_method, method_train_config
+    from skelnb.methods.catalog import build_method
+    from skelnb.train import method_train_config
     from skelnb.train import build_optimizer
     from skelnb.runtime import tune_malloc
     tune_malloc()
@@ -706,7 +707,8 @@ def bench_trainer(n=512, batch_size=64, hidden=16, frames=16, joints=5, epochs=1
 def bench_trainer_method(name: str = 'skeletonclr', preset: str = 'lesson', n: int = 256, batch_size: int | None = None,
                          epochs: int = 1, repeats: int = 3, **overrides) -> dict:
     "`bench_trainer` for a catalog method at its preset's size (batch: the preset's recipe) on random clips; `overrides`: TrainConfig fields."
-    from skelnb.methods.catalog import build_method, method_train_config
+    from skelnb.methods.catalog import build_method
+    from skelnb.train import method_train_config
     recipe = method_train_config(name, preset)
     bs = batch_size or recipe.batch_size
     T = getattr(build_method(name, preset).config, 'frames', None) or 50

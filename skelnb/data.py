@@ -22,7 +22,7 @@ __all__ = ['LEFT_HANDED_SUBJECTS', 'SYNTHETIC_ACTIONS', 'TWO_PERSON_ACTIONS', 'F
            'labelled_subset', 'save_subset', 'load_subset', 'labelled_subset_file', 'rotation', 'swing',
            'limb_direction', 'SyntheticSubject', 'synthetic_subject', 'Pose', 'pose_to_joints',
            'bench_forward_kinematics', 'synthetic_clip', 'make_synthetic_dataset', 'default_dataset_dir',
-           'ensure_synthetic_dataset', 'dataset_summary', 'bench_loader', 'ridge_floor']
+           'ensure_synthetic_dataset', 'dataset_summary', 'bench_loader', 'ridge_floor', 'resolve_dataset']
 
 # %% ../nbs/03_data.ipynb #fee8f8b2
 def _as_index_array(subset, n, where='subset'):
@@ -876,3 +876,22 @@ def ridge_floor(root,                       # prepared folder
         clf = RidgeClassifierCV(alphas=alphas).fit(xtr, ytr)
     return {'stream': stream, 'train_clips': len(ytr), 'accuracy': float(clf.score(xte, yte)),
             'train_accuracy': float(clf.score(xtr, ytr)), 'alpha': float(clf.alpha_), 'chance': float(np.bincount(yte).max() / len(yte))}
+
+# %% ../nbs/03_data.ipynb #ba7825a4
+_SMALL_SETS = {'utd': 'utd_kinect_v2', 'nw_ucla': 'nw_ucla', 'msr': 'msr_action3d'}
+
+def resolve_dataset(spec: str = 'synthetic', # 'synthetic', 'utd', 'nw_ucla', 'msr', or a prepared folder
+                    data_root='data',       # where named real datasets are prepared
+                   ) -> Path:
+    "The prepared folder for a data argument (preparing the synthetic or a small real dataset on first use)."
+    from skelnb.prepare import prepare_dataset
+    spec = str(spec)
+    if spec == 'synthetic': return ensure_synthetic_dataset()
+    if spec in _SMALL_SETS:
+        out = Path(data_root) / _SMALL_SETS[spec]
+        if not (out / 'info.json').is_file(): prepare_dataset(spec, out)
+        return out
+    path = Path(spec)
+    if (path / 'info.json').is_file(): return path
+    raise FileNotFoundError(f'--data {spec!r}: not a prepared folder (no info.json there) and not one of '
+                            f'synthetic, {", ".join(_SMALL_SETS)}; prepare raw data with skelnb-prepare first')

@@ -49,7 +49,7 @@ class MainConfig:
 # %% ../nbs/14_main.ipynb #2e09c065
 def stage_data(cfg: MainConfig) -> dict:
     "Resolve (and prepare on first use) the dataset; its training and test splits."
-    from skelnb.methods.catalog import resolve_dataset
+    from skelnb.data import resolve_dataset
     from skelnb.data import SkeletonDataset, dataset_summary
     root = resolve_dataset(cfg.data)
     sub = lambda n: None if cfg.max_clips is None else np.linspace(0, n - 1, min(n, cfg.max_clips)).round().astype(int)
@@ -61,7 +61,8 @@ def stage_data(cfg: MainConfig) -> dict:
 # %% ../nbs/14_main.ipynb #717abac4
 def stage_pretrain(cfg: MainConfig, data: dict):
     "Self-supervised pretraining on the training split (labels unused), with a KNN monitor on the test split."
-    from skelnb.methods.catalog import build_method, method_train_config, with_data_layout
+    from skelnb.methods.catalog import build_method, with_data_layout
+    from skelnb.train import method_train_config
     from skelnb.evaluate import knn_monitor
     from skelnb.train import Trainer
     over = {k: v for k, v in dict(epochs=cfg.epochs, batch_size=cfg.batch_size).items() if v is not None}

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Optional
 import torch
 from torch import nn
-from ..train import TrainConfig, Trainer, seed_everything
-from .core import SSLMethod, SCHEDULES, METHODS
+from ..train import Trainer, seed_everything, method_train_config
+from ..data import resolve_dataset
+from .core import SSLMethod, METHODS
 from .skeletonclr import SkeletonCLR
 from .crossclr import CrosSCLR
 from .aimclr import AimCLR
@@ -21,9 +22,9 @@ from ..checkpoint import latest_checkpoint, read_checkpoint, CheckpointError, me
 from ..runtime import resolve_device
 
 # %% auto #0
-__all__ = ['method_class', 'method_presets', 'method_config_class', 'build_method', 'method_train_config', 'count_trainable',
-           'one_step', 'load_method', 'resolve_dataset', 'parse_overrides', 'pretrain', 'with_data_layout',
-           'pretrain_cli', 'bench_method_step', 'bench_pretrain_epoch']
+__all__ = ['method_class', 'method_presets', 'method_config_class', 'build_method', 'count_trainable', 'one_step', 'load_method',
+           'parse_overrides', 'pretrain', 'with_data_layout', 'pretrain_cli', 'bench_method_step',
+           'bench_pretrain_epoch']
 
 # %% ../../nbs/10f_methods.catalog.ipynb #0ddb03b0
 def method_class(name: str) -> type:
@@ -63,15 +64,6 @@ def build_method(name: str,                 # a registered method name (case-ins
         cfg = cls.config_class.preset(preset, **overrides)
     return cls(cfg, seed=seed)
 
-
-def method_train_config(name: str, preset: str = 'lesson', **overrides) -> TrainConfig:
-    "The `TrainConfig` of a method's preset: the base schedule ('paper' or 'lesson'), the method's recipe, then `overrides`."
-    cls = method_class(name)
-    recipes = cls.config_class.recipes
-    if preset not in recipes: raise KeyError(f'{cls.__name__} has no training recipe {preset!r}; recipes: {sorted(recipes)}')
-    base = 'lesson' if preset.startswith('lesson') else 'paper'
-    return TrainConfig(**{**SCHEDULES[base], **recipes[preset], **overrides})
-
 # %% ../../nbs/10f_methods.catalog.ipynb #0e9e9427
 def count_trainable(module: nn.Module) -> int:
     "Parameters that receive gradients."
@@ -106,26 +98,6 @@ def load_method(path,                     # a checkpoint written by `skelnb.trai
     try: method.load_state_dict(ckpt['model'], strict=strict)
     except RuntimeError as e: raise CheckpointError(f'{path}: the weights do not fit the rebuilt {name!r}: {e}') from e
     return method.eval()
-
-# %% ../../nbs/10f_methods.catalog.ipynb #4ac8cd31
-_SMALL_SETS = {'utd': 'utd_kinect_v2', 'nw_ucla': 'nw_ucla', 'msr': 'msr_action3d'}
-
-def resolve_dataset(spec: str = 'synthetic', # 'synthetic', 'utd', 'nw_ucla', 'msr', or a prepared folder
-                    data_root='data',       # where named real datasets are prepared
-                   ) -> Path:
-    "The prepared folder for a data argument (preparing the synthetic or a small real dataset on first use)."
-    from skelnb.data import ensure_synthetic_dataset
-    from skelnb.prepare import prepare_dataset
-    spec = str(spec)
-    if spec == 'synthetic': return ensure_synthetic_dataset()
-    if spec in _SMALL_SETS:
-        out = Path(data_root) / _SMALL_SETS[spec]
-        if not (out / 'info.json').is_file(): prepare_dataset(spec, out)
-        return out
-    path = Path(spec)
-    if (path / 'info.json').is_file(): return path
-    raise FileNotFoundError(f'--data {spec!r}: not a prepared folder (no info.json there) and not one of '
-                            f'synthetic, {", ".join(_SMALL_SETS)}; prepare raw data with skelnb-prepare first')
 
 # %% ../../nbs/10f_methods.catalog.ipynb #4916d0e4
 def _parse_value(text: str):
