@@ -273,7 +273,7 @@ def test_module_is_light():
 
 def test_attack_explorer_headless():
     pytest.importorskip('plotly'); pytest.importorskip('ipywidgets')
-    from skelnb.attacks import AttackExplorer
+    from skelnb.attack_explorer import AttackExplorer
     torch.manual_seed(0)
     enc = Tiny().eval()
     clip = torch.randn(3, 10, 25, 1, generator=gen(3))
