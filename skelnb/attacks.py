@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_attacks.ipynb #2d57f3f4
 from __future__ import annotations
-import contextlib, math, statistics, time
+import contextlib, math
 from dataclasses import dataclass, asdict
 import torch
 import torch.nn as nn
@@ -17,7 +17,7 @@ __all__ = ['ATTACK_MODES', 'NORMS', 'A2MC_ACC_JOINT_WEIGHTS', 'encode_every_pers
            'input_gradient', 'per_sample_norm', 'ascent_step', 'project_ball', 'random_in_ball', 'pgd', 'fgsm',
            'cosine_distance', 'freeze_absent_persons', 'clamp_joint_displacement', 'project_bone_lengths',
            'feature_attack', 'smart_perceptual_terms', 'smart_perceptual_loss', 'normalize_per_frame', 'adam_step',
-           'att_aug_direction', 'AttAugConfig', 'pseudo_labels', 'att_aug', 'bench_att_aug']
+           'att_aug_direction', 'AttAugConfig', 'pseudo_labels', 'att_aug']
 
 # %% ../nbs/08_attacks.ipynb #b297edf9
 def _modules(models) -> list:
@@ -415,24 +415,3 @@ def _att_aug_update_reference(x, g_cls, g_perc, lr, class_weight):
             step = lr * math.sqrt(0.001) / 0.1 * mt / (vt.sqrt() + 1e-8)
             out[n, :, :, :, m] = x[n, :, :, :, m] - step.reshape(T, V, C).permute(2, 0, 1)
     return out
-
-def bench_att_aug(N: int = 16, T: int = 64, V: int = 25, M: int = 2, # batch shape
-                  repeats: int = 20, warmup: int = 3, device='cpu', seed: int = 0,
-                 ) -> dict:  # median milliseconds of both implementations
-    "Median time of the Att-Aug update (normalise, mix, fresh Adam step): vectorised vs a per-sample loop."
-    g = torch.Generator().manual_seed(seed)
-    x, gc, gp = (torch.randn(N, 3, T, V, M, generator=g).to(device) for _ in range(3))
-    fast = lambda: adam_step(x, att_aug_direction(gc, gp, 0.6), 1e-4)[0]
-    slow = lambda: _att_aug_update_reference(x, gc, gp, 1e-4, 0.6)
-    tol = 8 * torch.finfo(x.dtype).eps * x.abs().max().item()               # a few roundings of x - step
-    if not torch.allclose(fast(), slow(), atol=tol, rtol=0): raise AssertionError('vectorised and reference Att-Aug updates differ')
-    def median_ms(fn):
-        ts = []
-        for i in range(warmup + repeats):
-            if x.is_cuda: torch.cuda.synchronize()
-            t0 = time.perf_counter(); fn()
-            if x.is_cuda: torch.cuda.synchronize()
-            if i >= warmup: ts.append(1e3 * (time.perf_counter() - t0))
-        return statistics.median(ts)
-    f, s = median_ms(fast), median_ms(slow)
-    return dict(name='att_aug_update', shape=(N, 3, T, V, M), device=str(device), skelnb_ms=f, reference_ms=s, speedup=s / f)

@@ -19,10 +19,10 @@ __all__ = ['INFO_KEYS', 'META_KEYS', 'UPSTREAM_ROTATION_EPS', 'NORMALIZATIONS', 
            'read_info', 'save_prepared', 'load_prepared', 'data_channels', 'PreparedWriter', 'valid_lengths',
            'resize_time', 'rotate_shoulders_to_x', 'normalize_aimclr', 'normalize_aimclr_reference',
            'fill_empty_frames', 'pre_normalize_agcn', 'pre_normalize_agcn_reference', 'torso_scale', 'center_scale',
-           'normalize_center_scale', 'bench_normalize', 'fit_frames', 'fit_persons', 'normalize_batch',
-           'prepare_samples', 'read_name_list', 'ntu_samples', 'prepare_ntu', 'pku_samples', 'prepare_pku',
-           'prepare_nw_ucla', 'prepare_utd', 'prepare_msr', 'parse_split_map', 'pyskl_samples', 'prepare_pyskl',
-           'class_names_of', 'folder_samples', 'prepare_folder', 'prepare_dataset', 'prepare_cli']
+           'normalize_center_scale', 'fit_frames', 'fit_persons', 'normalize_batch', 'prepare_samples',
+           'read_name_list', 'ntu_samples', 'prepare_ntu', 'pku_samples', 'prepare_pku', 'prepare_nw_ucla',
+           'prepare_utd', 'prepare_msr', 'parse_split_map', 'pyskl_samples', 'prepare_pyskl', 'class_names_of',
+           'folder_samples', 'prepare_folder', 'prepare_dataset', 'prepare_cli']
 
 # %% ../nbs/02_prepare.ipynb #f2d8b842
 INFO_KEYS = ('name', 'layout', 'num_classes', 'class_names', 'frames', 'persons', 'normalization', 'protocol',
@@ -475,34 +475,6 @@ def normalize_center_scale(x,             # batch (N, C, T, V, M), C = 2 or 3 co
     L = get_layout(layout)
     if x.shape[3] != L.num_joints: raise ValueError(f'x has {x.shape[3]} joints, layout {L.name!r} has {L.num_joints}')
     return center_scale(resize_time(x, valid_lengths(x) if lengths is None else lengths, frames, present=x.any(1)), L)
-
-# %% ../nbs/02_prepare.ipynb #dfac1022
-def bench_normalize(clips=None,      # batch (N, 3, T, V, M); default: 64 random 300-frame clips of 40-300 real frames
-                    repeats:int=5,
-                    frames:int=50,
-                    layout='ntu25',
-                   ) -> dict:        # ms per clip of both, and the speed-up
-    "Time `normalize_aimclr` (batched) against `normalize_aimclr_reference` (per clip)."
-    if clips is None:
-        rng = np.random.default_rng(0)
-        clips = rng.normal(size=(64, 3, 300, 25, 2)).astype(np.float32)
-        lengths = rng.integers(40, 301, 64)
-        for i, l in enumerate(lengths): clips[i, :, l:] = 0
-        clips[::2, ..., 1] = 0                                      # half the clips have one person
-    clips = np.asarray(clips, np.float32)
-    fast = normalize_aimclr(clips, frames, layout)
-    ref = np.stack([normalize_aimclr_reference(c, frames, layout) for c in clips])
-    if not np.allclose(fast, ref, atol=1e-4): raise AssertionError('normalize_aimclr disagrees with the reference')
-    def med(fn, r):
-        fn(); ts = []
-        for _ in range(r):
-            t0 = time.perf_counter(); fn(); ts.append(time.perf_counter() - t0)
-        return float(np.median(ts))
-    t_fast = med(lambda: normalize_aimclr(clips, frames, layout), repeats)
-    t_ref = med(lambda: [normalize_aimclr_reference(c, frames, layout) for c in clips], max(1, repeats // 2))
-    n = len(clips)
-    return {'clips': n, 'skelnb_ms_per_clip': 1e3 * t_fast / n, 'reference_ms_per_clip': 1e3 * t_ref / n,
-            'skelnb_clips_per_s': n / t_fast, 'speedup': t_ref / t_fast}
 
 # %% ../nbs/02_prepare.ipynb #1f897d1f
 NORMALIZATIONS = {

@@ -4,13 +4,13 @@
 
 # %% ../../nbs/10f_methods.catalog.ipynb #49a64a63
 from __future__ import annotations
-import argparse, json, math, os, statistics, time
+import argparse, json, math, os, time
 from dataclasses import dataclass, fields, is_dataclass, asdict
 from pathlib import Path
 from typing import Optional
 import torch
 from torch import nn
-from ..train import Trainer, seed_everything, method_train_config
+from ..train import Trainer, method_train_config
 from ..data import resolve_dataset
 from .core import SSLMethod, METHODS
 from .skeletonclr import SkeletonCLR
@@ -19,12 +19,11 @@ from .aimclr import AimCLR
 from .a2mc import A2MC
 from .skeattnclr import SkeAttnCLR
 from ..checkpoint import latest_checkpoint, read_checkpoint, CheckpointError, method_identity
-from ..runtime import resolve_device
+
 
 # %% auto #0
 __all__ = ['method_class', 'method_presets', 'method_config_class', 'build_method', 'count_trainable', 'one_step', 'load_method',
-           'parse_overrides', 'pretrain', 'with_data_layout', 'pretrain_cli', 'bench_method_step',
-           'bench_pretrain_epoch']
+           'parse_overrides', 'pretrain', 'with_data_layout', 'pretrain_cli']
 
 # %% ../../nbs/10f_methods.catalog.ipynb #0ddb03b0
 def method_class(name: str) -> type:
@@ -201,56 +200,3 @@ def pretrain_cli(argv=None):
     print(f'finished {tr.epoch} epochs; last: ' + ', '.join(f'{k}={v:.4g}' for k, v in last.items() if isinstance(v, float)))
     print(f'checkpoints and metrics in {out}')
     return 0
-
-# %% ../../nbs/10f_methods.catalog.ipynb #64a8da4f
-def bench_method_step(name: str = 'skeletonclr', preset: str = 'paper', batch_size: int = 128,
-                      steps: int = 3, warmup: int = 1, device: str = 'cpu', frames: int | None = None,
-                      low_memory: bool = False, # as `TrainConfig.low_memory`: checkpointing, heap released after forward and step
-                     ) -> dict:
-    "Median seconds and samples/s of a full training step of a method on random clips of its preset's shape."
-    from skelnb.train import build_optimizer
-    from skelnb.runtime import tune_malloc, release_free_memory
-    from skelnb.encoders.stgcn import set_activation_checkpointing
-    if not low_memory: tune_malloc()              # speed: freed blocks stay mapped (the low-memory mode wants them back)
-    dev = resolve_device(device)
-    seed_everything(0)
-    method = build_method(name, preset).to(dev).train()
-    if low_memory: set_activation_checkpointing(method, True)
-    release = release_free_memory if low_memory else (lambda: None)
-    cfg = method.config
-    T = frames or getattr(cfg, 'frames', 50) or 50
-    V = 25
-    x = torch.randn(batch_size, 3, T, V, 2, generator=torch.Generator().manual_seed(0)).to(dev)
-    x[..., 1] = 0                                   # single-person clips: the second body absent, as in most data
-    batch = {'x': x, 'label': torch.zeros(batch_size, dtype=torch.long, device=dev),
-             'index': torch.arange(batch_size, device=dev), 'length': torch.full((batch_size,), T, device=dev)}
-    opt = build_optimizer(method, method_train_config(name, preset))
-    times = []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        out = method.training_step(batch, 1000)    # past every switch epoch: all terms active
-        release()
-        opt.zero_grad(set_to_none=True); out['loss'].backward(); opt.step()
-        method.after_optimizer_step(i, warmup + steps)
-        release()
-        if dev.type == 'cuda': torch.cuda.synchronize()
-        if i >= warmup: times.append(time.perf_counter() - t0)
-    s = statistics.median(times)
-    return {'method': name, 'preset': preset, 'batch_size': batch_size, 'frames': T, 'device': str(dev),
-            'seconds_per_step': s, 'samples_per_s': batch_size / s, 'threads': torch.get_num_threads(), 'low_memory': low_memory}
-
-
-def bench_pretrain_epoch(dataset: str = 'nw_ucla', method: str = 'skeletonclr', preset: str = 'paper',
-                         quick: bool = False, device: str = 'cpu') -> dict:
-    "Seconds of one Trainer epoch of `method` on the training split of `dataset` (quick: 64 clips)."
-    from skelnb.data import SkeletonDataset
-    from skelnb.runtime import tune_malloc
-    tune_malloc()
-    root = resolve_dataset(dataset)
-    ds = SkeletonDataset(root, 'train', subset=list(range(64)) if quick else None)
-    cfg = method_train_config(method, preset, epochs=1, device=device, progress=False,
-                              batch_size=16 if quick else 128, **({} if not quick else {'drop_last': False}))
-    model = build_method(method, preset, **with_data_layout(method, ds))
-    t0 = time.perf_counter()
-    Trainer(model, ds, cfg).fit()
-    return {'dataset': str(root), 'clips': len(ds), 'method': method, 'preset': preset, 'seconds': time.perf_counter() - t0}
