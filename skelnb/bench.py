@@ -4,7 +4,7 @@
 
 # %% ../nbs/90_bench.ipynb #3ff3afd2
 from __future__ import annotations
-import argparse, functools, importlib, json, os, platform, statistics, subprocess, sys, time
+import functools, importlib, json, os, platform, statistics, subprocess, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -19,11 +19,11 @@ from .runtime import timeit, synchronize, tune_malloc, resolve_device, FAST_ALLO
 # %% auto #0
 __all__ = ['UPSTREAM_US_PER_SAMPLE', 'BenchCase', 'min_ratio', 'max_value', 'run_isolated', 'BenchSkipped', 'bench_cases',
            'onednn_version', 'onednn_isa', 'machine_info', 'machine_header', 'run_benchmarks', 'format_row',
-           'results_markdown', 'profile_method_step', 'merge_results', 'bench_cli', 'bench_ntu_reader',
-           'bench_normalize', 'bench_forward_kinematics', 'bench_loader', 'bench_player_update', 'bench_graph_conv',
-           'matmul_peak_gflops', 'bench_stgcn', 'bench_checkpointing', 'bench_allocator', 'bench_normal_pair',
-           'bench_extreme_view', 'bench_att_aug', 'bench_pnm', 'bench_method_step', 'bench_pretrain_epoch',
-           'bench_trainer', 'bench_trainer_method']
+           'results_markdown', 'profile_method_step', 'merge_results', 'bench_ntu_reader', 'bench_normalize',
+           'bench_forward_kinematics', 'bench_loader', 'bench_player_update', 'bench_graph_conv', 'matmul_peak_gflops',
+           'bench_stgcn', 'bench_checkpointing', 'bench_allocator', 'bench_normal_pair', 'bench_extreme_view',
+           'bench_att_aug', 'bench_pnm', 'bench_method_step', 'bench_pretrain_epoch', 'bench_trainer',
+           'bench_trainer_method']
 
 # %% ../nbs/90_bench.ipynb #f4326416
 @dataclass
@@ -152,7 +152,7 @@ def _run_main_job(quick, device):
     if quick: raise BenchSkipped('the main job takes minutes; not part of --quick')
     import tempfile
     with tempfile.TemporaryDirectory() as d:
-        return _timed_command([str(Path(sys.executable).parent / 'skelnb-main'), '--out', d, '--device', device])
+        return _timed_command([sys.executable, '-m', 'skelnb.cli', 'main', '--out', d, '--device', device])
 
 
 def _run_suite(quick, device):
@@ -360,42 +360,6 @@ def merge_results(path, new: dict) -> dict:
     fresh = {r['name']: r for r in new['rows']}
     rows = [fresh.pop(r['name'], r) for r in old['rows']] + list(fresh.values())
     return {**new, 'rows': rows}
-
-# %% ../nbs/90_bench.ipynb #f7cf63c3
-def bench_cli(argv=None):
-    "Console script `skelnb-bench`: run the benchmarks, print the table, write JSON and markdown."
-    p = argparse.ArgumentParser(prog='skelnb-bench', description='Run the skelnb benchmarks (ratios against in-repo references).')
-    p.add_argument('--only', nargs='*', help='case names or groups (formats, augment, encoders, methods, ...)')
-    p.add_argument('--quick', action='store_true', help='small sizes: checks that every case runs, in seconds')
-    p.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
-    p.add_argument('--out', default='data/results', help='folder for bench-<device>.json and .md')
-    p.add_argument('--list', action='store_true', help='list the cases and exit')
-    p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch\'s choice, one per core)')
-    p.add_argument('--profile', metavar='METHOD', help='print the operator profile of a training step of METHOD (paper preset) and exit')
-    a = p.parse_args(argv)
-    if a.list:
-        for c in bench_cases(): print(f'{c.name:<20} {c.group:<10} {c.what}  {c.goal}')
-        return 0
-    if a.device.startswith('cuda') and not torch.cuda.is_available(): p.error('--device cuda but no CUDA device is visible')
-    if a.threads: torch.set_num_threads(a.threads); os.environ['OMP_NUM_THREADS'] = str(a.threads)   # also for fresh processes
-    if a.profile:
-        rows = profile_method_step(a.profile, 'lesson' if a.quick else 'paper', 8 if a.quick else 128, device=a.device)
-        for r in rows: print(f"{r['op']:<40} {100 * r['share']:5.1f} %  {r['ms_per_step']:9.1f} ms/step  {r['calls_per_step']:6.0f} calls")
-        return 0
-    known = {c.name for c in bench_cases()} | {c.group for c in bench_cases()}
-    unknown = [o for o in a.only or [] if o not in known]
-    if unknown: p.error(f'unknown case(s) {unknown}; see --list')
-    print(machine_header(machine_info()) + '\n')
-    print(f"{'case':<20} {'skelnb':>10} {'unit':<10}     {'reference':>10}  {'ratio':>7}  goal")
-    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-    stem = f"bench-{a.device.replace(':', '')}{'-quick' if a.quick else ''}"
-    def save(result):   # after every case: a crash later loses nothing measured so far
-        if a.only: result = merge_results(out / f'{stem}.json', result)
-        (out / f'{stem}.json').write_text(json.dumps(result, indent=1, default=str))
-        (out / f'{stem}.md').write_text(results_markdown(result) + '\n')
-    result = run_benchmarks(a.only, a.quick, a.device, on_row=save)
-    print(f'\nwritten: {out / stem}.json and .md')
-    return 1 if any(r.get('error') for r in result['rows']) else 0
 
 # %% ../nbs/90_bench.ipynb #35da5044
 from .formats import read_ntu_skeleton, read_ntu_skeleton_lines
