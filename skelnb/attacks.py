@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_attacks.ipynb #2d57f3f4
 from __future__ import annotations
-import contextlib, math, statistics, time
+import contextlib, math
 from dataclasses import dataclass, asdict
 import torch
 import torch.nn as nn
@@ -13,11 +13,11 @@ from einops import rearrange
 from .skeleton import get_layout, joint_to_bone, bone_to_joint
 
 # %% auto #0
-__all__ = ['ATTACK_MODES', 'NORMS', 'A2MC_ACC_JOINT_WEIGHTS', 'GOALS', 'encode_every_person', 'attack_guard', 'attack_objective',
+__all__ = ['ATTACK_MODES', 'NORMS', 'A2MC_ACC_JOINT_WEIGHTS', 'encode_every_person', 'attack_guard', 'attack_objective',
            'input_gradient', 'per_sample_norm', 'ascent_step', 'project_ball', 'random_in_ball', 'pgd', 'fgsm',
            'cosine_distance', 'freeze_absent_persons', 'clamp_joint_displacement', 'project_bone_lengths',
            'feature_attack', 'smart_perceptual_terms', 'smart_perceptual_loss', 'normalize_per_frame', 'adam_step',
-           'att_aug_direction', 'AttAugConfig', 'pseudo_labels', 'att_aug', 'bench_att_aug', 'AttackExplorer']
+           'att_aug_direction', 'AttAugConfig', 'pseudo_labels', 'att_aug']
 
 # %% ../nbs/08_attacks.ipynb #b297edf9
 def _modules(models) -> list:
@@ -415,145 +415,3 @@ def _att_aug_update_reference(x, g_cls, g_perc, lr, class_weight):
             step = lr * math.sqrt(0.001) / 0.1 * mt / (vt.sqrt() + 1e-8)
             out[n, :, :, :, m] = x[n, :, :, :, m] - step.reshape(T, V, C).permute(2, 0, 1)
     return out
-
-def bench_att_aug(N: int = 16, T: int = 64, V: int = 25, M: int = 2, # batch shape
-                  repeats: int = 20, warmup: int = 3, device='cpu', seed: int = 0,
-                 ) -> dict:  # median milliseconds of both implementations
-    "Median time of the Att-Aug update (normalise, mix, fresh Adam step): vectorised vs a per-sample loop."
-    g = torch.Generator().manual_seed(seed)
-    x, gc, gp = (torch.randn(N, 3, T, V, M, generator=g).to(device) for _ in range(3))
-    fast = lambda: adam_step(x, att_aug_direction(gc, gp, 0.6), 1e-4)[0]
-    slow = lambda: _att_aug_update_reference(x, gc, gp, 1e-4, 0.6)
-    tol = 8 * torch.finfo(x.dtype).eps * x.abs().max().item()               # a few roundings of x - step
-    if not torch.allclose(fast(), slow(), atol=tol, rtol=0): raise AssertionError('vectorised and reference Att-Aug updates differ')
-    def median_ms(fn):
-        ts = []
-        for i in range(warmup + repeats):
-            if x.is_cuda: torch.cuda.synchronize()
-            t0 = time.perf_counter(); fn()
-            if x.is_cuda: torch.cuda.synchronize()
-            if i >= warmup: ts.append(1e3 * (time.perf_counter() - t0))
-        return statistics.median(ts)
-    f, s = median_ms(fast), median_ms(slow)
-    return dict(name='att_aug_update', shape=(N, 3, T, V, M), device=str(device), skelnb_ms=f, reference_ms=s, speedup=s / f)
-
-# %% ../nbs/08_attacks.ipynb #1a71083e
-GOALS = ('away from clean key', 'towards target', 'att-aug')
-
-class AttackExplorer:
-    "Interactive view of an attack on one clip: overlay of original and attacked, per-joint perturbation, similarity curves."
-    def __init__(self,
-                 clip,                  # clip `(C, T, V, M)`
-                 encoder,               # callable `encoder(batch)` -> embeddings `(1, d)` (random or pretrained)
-                 target=None,           # another clip `(C, T, V, M)` or a key `(d,)`; default: the clip mirrored in time
-                 layout='ntu25',        # layout of the joints
-                 eps: float = 0.01,     # initial radius (metres, L-inf)
-                 steps: int = 5,        # initial number of steps
-                 goal: str = 'away from clean key', # one of `GOALS`
-                 norm: str = 'l2',      # PGD ball: 'l2' (radius eps * sqrt(#coordinates), i.e. eps RMS) or 'linf'
-                 amplify: float = 5.0,  # overlay: perturbation drawn this many times larger
-                 eps_range=(1e-4, 0.1), # slider range of eps
-                 max_steps: int = 30,   # slider range of steps
-                 head_classes: int = 64, # classes of Att-Aug's random head
-                 seed: int = 0,         # seed of Att-Aug's random head
-                 height: int = 460,
-                ):
-        import ipywidgets as W
-        import plotly.graph_objects as go
-        from skelnb.viz import ComparisonPlayer, as_clip
-        if goal not in GOALS: raise ValueError(f'goal must be one of {GOALS}, got {goal!r}')
-        _check_norm(norm)
-        self.layout = get_layout(layout)
-        self.x = torch.as_tensor(as_clip(clip, 'clip'), dtype=torch.float32)[None]
-        if self.x.shape[3] != self.layout.num_joints: raise ValueError(f'clip has {self.x.shape[3]} joints, layout {self.layout.name!r} has {self.layout.num_joints}')
-        dev = next((p.device for p in encoder.parameters()), torch.device('cpu')) if isinstance(encoder, nn.Module) else torch.device('cpu')
-        self.x = self.x.to(dev)
-        self.encoder = encoder
-        with attack_guard(encoder, mode='eval'), torch.no_grad():
-            self.clean_key = encoder(self.x).detach()
-            if target is None: target = self.x[0].flip(1)
-            if getattr(target, 'ndim', 1) >= 3:                              # a clip: its embedding is the target key
-                target = torch.as_tensor(as_clip(target, 'target'), dtype=torch.float32, device=dev)
-                if target.shape != self.x.shape[1:]: raise ValueError(f'target clip has shape {tuple(target.shape)}, the clip {tuple(self.x.shape[1:])}')
-                self.target_key = encoder(target[None]).detach()
-            else: self.target_key = torch.as_tensor(target, dtype=torch.float32, device=dev).view(1, -1)
-        gen = torch.Generator().manual_seed(seed)
-        d = self.clean_key.shape[-1]
-        self.head = nn.Linear(d, head_classes).to(dev)
-        with torch.no_grad():
-            self.head.weight.copy_(torch.randn(head_classes, d, generator=gen) / math.sqrt(d)); self.head.bias.zero_()
-        self.amplify_value = float(amplify)
-        self.eps = W.FloatLogSlider(value=eps, base=10, min=math.log10(eps_range[0]), max=math.log10(eps_range[1]),
-                                    step=0.05, description='eps (m)', readout_format='.2g', continuous_update=False)
-        self.steps = W.IntSlider(value=steps, min=1, max=max_steps, description='steps', continuous_update=False)
-        self.goal = W.ToggleButtons(options=GOALS, value=goal, description='goal')
-        self.norm = W.ToggleButtons(options=NORMS, value=norm, description='ball')
-        self.amplify = W.FloatLogSlider(value=amplify, base=10, min=0, max=3, step=0.1, description='amplify', continuous_update=False)
-        self.status = W.HTML()
-        self._run()
-        self.player = ComparisonPlayer(self._clips(), self.layout, mode='overlay', amplify=self.amplify_value,
-                                       joint_values={'attacked': self.perturbation}, values_name='|δ| (mm)',
-                                       colorscale='Reds', cmin=0.0, title='original vs attacked', height=height)
-        self.sim_fig = go.FigureWidget(layout=dict(height=260, width=520, margin=dict(l=50, r=10, t=40, b=40),
-                                                   title='cosine similarity of f(x_adv)', xaxis_title='step'))
-        self.sim_fig.add_scatter(y=self.sim_clean, name='to clean key', mode='lines+markers')
-        self.sim_fig.add_scatter(y=self.sim_target, name='to target key', mode='lines+markers')
-        for w in (self.eps, self.steps, self.goal, self.norm, self.amplify): w.observe(self._on_change, names='value')
-        self._show_status()
-        self.widget = W.VBox([W.HBox([self.eps, self.steps, self.amplify]), self.goal, self.norm, self.player.widget,
-                              W.HBox([self.sim_fig, self.status])])
-
-    def attack(self, eps: float, steps: int, goal: str, norm: str = 'l2', callback=None) -> torch.Tensor:
-        "The attacked batch `(1, C, T, V, M)` for these settings (what the widget shows)."
-        if goal == 'att-aug':
-            return att_aug(self.encoder, self.x, self.head, step_size=eps / steps, steps=steps, eps=eps, mode='eval', callback=callback)
-        targeted = goal == 'towards target'
-        radius = eps if norm == 'linf' else eps * math.sqrt(self.x[0].numel())
-        return pgd(self.encoder, self.x, self.target_key if targeted else self.clean_key, cosine_distance, eps=radius,
-                   steps=steps, norm=norm, random_start=False, targeted=targeted, mode='eval',
-                   constraints=[freeze_absent_persons], callback=callback)
-
-    def _similarities(self, xa):
-        with attack_guard(self.encoder, mode='eval'), torch.no_grad():
-            z = self.encoder(xa)
-            return F.cosine_similarity(z, self.clean_key).item(), F.cosine_similarity(z, self.target_key).item()
-
-    def _run(self):
-        eps, steps, goal, norm = float(self.eps.value), int(self.steps.value), self.goal.value, self.norm.value
-        sims = []
-        self.x_adv = self.attack(eps, steps, goal, norm, callback=lambda s, xa: sims.append(self._similarities(xa)))
-        self.sim_clean, self.sim_target = [s[0] for s in sims], [s[1] for s in sims]
-        self.perturbation = (1e3 * (self.x_adv - self.x).norm(dim=1))[0].cpu()      # (T, V, M) millimetres
-
-    def _clips(self): return {'original': self.x[0].cpu(), 'attacked': self.x_adv[0].cpu()}
-
-    def _show_status(self):
-        self.status.value = (f'<b>max |δ|</b> {self.perturbation.max():.3g} mm<br><b>mean |δ|</b> {self.perturbation.mean():.3g} mm'
-                             f'<br><b>cos to clean key</b> {self.sim_clean[-1]:.4f}<br><b>cos to target</b> {self.sim_target[-1]:.4f}')
-
-    def _on_change(self, change=None):
-        from skelnb.viz import SkeletonTraces
-        self.amplify_value = float(self.amplify.value)
-        self._run()
-        p = self.player
-        new = SkeletonTraces(self._clips(), self.layout, mode='overlay', amplify=self.amplify_value,
-                             joint_values={'attacked': self.perturbation}, values_name='|δ| (mm)', colorscale='Reds', cmin=0.0)
-        if len(new) != len(p.traces): raise RuntimeError('the attacked clip changed the number of drawn persons')
-        p.traces = new
-        with p.fig.batch_update():
-            p.fig.layout.coloraxis.cmax = new.cmax
-            p.show_frame(p.frame)
-        with self.sim_fig.batch_update():
-            self.sim_fig.data[0].y, self.sim_fig.data[1].y = self.sim_clean, self.sim_target
-        self._show_status()
-
-    def shown_perturbation(self, t: int | None = None) -> torch.Tensor:
-        "The per-joint colours of the attacked clip at frame `t` (default: the frame on display), `(V, persons)`."
-        t = self.player.frame if t is None else t
-        tr = self.player.traces
-        cols = [torch.tensor(tr.colors[i][t]) for i, s in enumerate(tr.specs) if s['kind'] == 'joints' and s['clip'] == 'attacked']
-        return torch.stack(cols, -1)
-
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)

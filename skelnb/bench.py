@@ -4,22 +4,26 @@
 
 # %% ../nbs/90_bench.ipynb #3ff3afd2
 from __future__ import annotations
-import argparse, functools, importlib, json, os, platform, statistics, subprocess, sys, time
+import functools, importlib, json, os, platform, statistics, subprocess, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 import torch
+import numpy as np
 from einops import rearrange
 from .skeleton import get_layout
 from .encoders.stgcn import _set_dropout, saved_tensor_bytes
 from .train import seed_everything, ToyMoCo
+from .runtime import timeit, synchronize, tune_malloc, resolve_device, FAST_ALLOCATOR_ENV
 
 # %% auto #0
 __all__ = ['UPSTREAM_US_PER_SAMPLE', 'BenchCase', 'min_ratio', 'max_value', 'run_isolated', 'BenchSkipped', 'bench_cases',
            'onednn_version', 'onednn_isa', 'machine_info', 'machine_header', 'run_benchmarks', 'format_row',
-           'results_markdown', 'profile_method_step', 'merge_results', 'bench_cli', 'bench_graph_conv',
-           'matmul_peak_gflops', 'bench_stgcn', 'bench_checkpointing', 'bench_allocator', 'bench_normal_pair',
-           'bench_extreme_view', 'bench_trainer', 'bench_trainer_method']
+           'results_markdown', 'profile_method_step', 'merge_results', 'bench_ntu_reader', 'bench_normalize',
+           'bench_forward_kinematics', 'bench_loader', 'bench_player_update', 'bench_graph_conv', 'matmul_peak_gflops',
+           'bench_stgcn', 'bench_checkpointing', 'bench_allocator', 'bench_normal_pair', 'bench_extreme_view',
+           'bench_att_aug', 'bench_pnm', 'bench_method_step', 'bench_pretrain_epoch', 'bench_trainer',
+           'bench_trainer_method']
 
 # %% ../nbs/90_bench.ipynb #f4326416
 @dataclass
@@ -81,12 +85,10 @@ def _ntu_files():
 
 
 def _run_ntu(quick, device):
-    from skelnb.formats import bench_ntu_reader
     return bench_ntu_reader(_ntu_files()[:2 if quick else None], repeats=2 if quick else 7)
 
 
 def _run_normalize(quick, device):
-    from skelnb.prepare import bench_normalize
     return bench_normalize(repeats=2 if quick else 5) if not quick else bench_normalize(
         torch.zeros(4, 3, 60, 25, 2).normal_(generator=torch.Generator().manual_seed(0)).numpy(), repeats=1)
 
@@ -121,7 +123,7 @@ def _run_simple(module, fn, quick_kw, full_kw):
 @functools.lru_cache(maxsize=None)
 def _method_step(name, preset, batch_size, low_memory, quick, device):
     kw = dict(batch_size=8, steps=1, warmup=1, preset='lesson') if quick else dict(batch_size=batch_size, steps=3, warmup=1, preset=preset)
-    return run_isolated('skelnb.methods.catalog', 'bench_method_step', name=name, device=device, low_memory=low_memory, **kw)
+    return run_isolated('skelnb.bench', 'bench_method_step', name=name, device=device, low_memory=low_memory, **kw)
 
 def _run_method(name, preset='paper', batch_size=128, low_memory=False):
     "One fresh process per setting: the speed and the peak-memory rows of a setting read the same run."
@@ -150,7 +152,7 @@ def _run_main_job(quick, device):
     if quick: raise BenchSkipped('the main job takes minutes; not part of --quick')
     import tempfile
     with tempfile.TemporaryDirectory() as d:
-        return _timed_command([str(Path(sys.executable).parent / 'skelnb-main'), '--out', d, '--device', device])
+        return _timed_command([sys.executable, '-m', 'skelnb.cli', 'main', '--out', d, '--device', device])
 
 
 def _run_suite(quick, device):
@@ -160,8 +162,7 @@ def _run_suite(quick, device):
 
 
 def _run_epoch(quick, device):
-    from skelnb.methods.catalog import bench_pretrain_epoch
-    return run_isolated('skelnb.methods.catalog', 'bench_pretrain_epoch', dataset='nw_ucla', quick=quick, device=device)
+    return run_isolated('skelnb.bench', 'bench_pretrain_epoch', dataset='nw_ucla', quick=quick, device=device)
 
 # %% ../nbs/90_bench.ipynb #7bf270ca
 def _read(skelnb_key, ref_key, unit, higher=True):
@@ -189,16 +190,16 @@ def bench_cases() -> list:
         C('stgcn64_train', 'encoders', 'ST-GCN-64 training step, batch 128x3x64x25x2', _run_stgcn(64),
           _read('train_samples_per_s.skelnb', 'train_samples_per_s.reference', 'samples/s'), '>= 1.5x', min_ratio(1.5)),
         C('att_aug', 'attacks', 'A2MC Att-Aug update (vectorised vs per-sample)',
-          _run_simple('skelnb.attacks', 'bench_att_aug', dict(N=4, repeats=3, warmup=1), dict(N=64, repeats=20, warmup=3)),
+          _run_simple('skelnb.bench', 'bench_att_aug', dict(N=4, repeats=3, warmup=1), dict(N=64, repeats=20, warmup=3)),
           _read('skelnb_ms', 'reference_ms', 'ms', higher=False)),
         C('pnm', 'mixers', 'PNM loss (vectorised vs loop over the bank)',
-          _run_simple('skelnb.mixers', 'bench_pnm', dict(N=8, K=256, repeats=3, warmup=1), dict(N=128, K=16384, repeats=10, warmup=2)),
+          _run_simple('skelnb.bench', 'bench_pnm', dict(N=8, K=256, repeats=3, warmup=1), dict(N=128, K=16384, repeats=10, warmup=2)),
           _read('skelnb_ms', 'reference_ms', 'ms', higher=False)),
         C('player_update', 'viz', 'skeleton player slider update, 300-frame two-person clip',
-          _run_simple('skelnb.viz', 'bench_player_update', dict(T=30, updates=5, warmup=1), dict(T=300, M=2, updates=50, warmup=5)),
+          _run_simple('skelnb.bench', 'bench_player_update', dict(T=30, updates=5, warmup=1), dict(T=300, M=2, updates=50, warmup=5)),
           _read('skelnb_ms', 'naive_ms', 'ms', higher=False), '< 30 ms', max_value(30)),
         C('loader', 'data', 'data loader vs plain slicing of the memory map',
-          _run_simple('skelnb.data', 'bench_loader', dict(repeats=1), dict(repeats=3)),
+          _run_simple('skelnb.bench', 'bench_loader', dict(repeats=1), dict(repeats=3)),
           _read('skelnb_clips_per_s', 'reference_clips_per_s', 'clips/s')),
         *[C(f'step_{m}', 'methods', f'{label} training step, batch {b} ({p} preset)', _run_method(m, p, b),
             _read('samples_per_s', None, 'samples/s'), needs='methods')
@@ -325,7 +326,8 @@ def profile_method_step(name: str = 'skeletonclr', preset: str = 'paper', batch_
                         top: int = 12, device: str = 'cpu') -> list:
     "Top operators (share of self CPU time) of `steps` full training steps of a method, after one warm-up step."
     from torch.profiler import profile, ProfilerActivity
-    from skelnb.methods.catalog import build_method, method_train_config
+    from skelnb.methods.catalog import build_method
+    from skelnb.train import method_train_config
     from skelnb.train import build_optimizer
     from skelnb.runtime import tune_malloc
     tune_malloc()
@@ -359,46 +361,121 @@ def merge_results(path, new: dict) -> dict:
     rows = [fresh.pop(r['name'], r) for r in old['rows']] + list(fresh.values())
     return {**new, 'rows': rows}
 
-# %% ../nbs/90_bench.ipynb #f7cf63c3
-def bench_cli(argv=None):
-    "Console script `skelnb-bench`: run the benchmarks, print the table, write JSON and markdown."
-    p = argparse.ArgumentParser(prog='skelnb-bench', description='Run the skelnb benchmarks (ratios against in-repo references).')
-    p.add_argument('--only', nargs='*', help='case names or groups (formats, augment, encoders, methods, ...)')
-    p.add_argument('--quick', action='store_true', help='small sizes: checks that every case runs, in seconds')
-    p.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
-    p.add_argument('--out', default='data/results', help='folder for bench-<device>.json and .md')
-    p.add_argument('--list', action='store_true', help='list the cases and exit')
-    p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch\'s choice, one per core)')
-    p.add_argument('--profile', metavar='METHOD', help='print the operator profile of a training step of METHOD (paper preset) and exit')
-    a = p.parse_args(argv)
-    if a.list:
-        for c in bench_cases(): print(f'{c.name:<20} {c.group:<10} {c.what}  {c.goal}')
-        return 0
-    if a.device.startswith('cuda') and not torch.cuda.is_available(): p.error('--device cuda but no CUDA device is visible')
-    if a.threads: torch.set_num_threads(a.threads); os.environ['OMP_NUM_THREADS'] = str(a.threads)   # also for fresh processes
-    if a.profile:
-        rows = profile_method_step(a.profile, 'lesson' if a.quick else 'paper', 8 if a.quick else 128, device=a.device)
-        for r in rows: print(f"{r['op']:<40} {100 * r['share']:5.1f} %  {r['ms_per_step']:9.1f} ms/step  {r['calls_per_step']:6.0f} calls")
-        return 0
-    known = {c.name for c in bench_cases()} | {c.group for c in bench_cases()}
-    unknown = [o for o in a.only or [] if o not in known]
-    if unknown: p.error(f'unknown case(s) {unknown}; see --list')
-    print(machine_header(machine_info()) + '\n')
-    print(f"{'case':<20} {'skelnb':>10} {'unit':<10}     {'reference':>10}  {'ratio':>7}  goal")
-    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-    stem = f"bench-{a.device.replace(':', '')}{'-quick' if a.quick else ''}"
-    def save(result):   # after every case: a crash later loses nothing measured so far
-        if a.only: result = merge_results(out / f'{stem}.json', result)
-        (out / f'{stem}.json').write_text(json.dumps(result, indent=1, default=str))
-        (out / f'{stem}.md').write_text(results_markdown(result) + '\n')
-    result = run_benchmarks(a.only, a.quick, a.device, on_row=save)
-    print(f'\nwritten: {out / stem}.json and .md')
-    return 1 if any(r.get('error') for r in result['rows']) else 0
+# %% ../nbs/90_bench.ipynb #35da5044
+from .formats import read_ntu_skeleton, read_ntu_skeleton_lines
+
+def bench_ntu_reader(files,          # `.skeleton` files
+                     repeats:int=5,  # timed repetitions (the median is reported)
+                     max_bodies:int=2,
+                    ) -> dict:       # files/s, frames/s and seconds of both readers, and the speed-up
+    "Time `read_ntu_skeleton` against the line-by-line reference on `files` (outputs asserted equal)."
+    files = [Path(f) for f in files]
+    if not files: raise ValueError('no files to benchmark')
+    frames = 0
+    for f in files:
+        clip = read_ntu_skeleton(f, max_bodies, allow_empty=True)[0]
+        if not np.array_equal(clip, read_ntu_skeleton_lines(f, max_bodies)): raise AssertionError(f'{f}: the readers disagree')
+        frames += clip.shape[1]
+    fast = timeit(lambda: [read_ntu_skeleton(f, max_bodies, allow_empty=True) for f in files], repeats, 1)
+    ref = timeit(lambda: [read_ntu_skeleton_lines(f, max_bodies) for f in files], repeats, 1)
+    return {'files': len(files), 'frames': frames,
+            'skelnb_s': fast, 'skelnb_files_per_s': len(files) / fast, 'skelnb_frames_per_s': frames / fast,
+            'reference_s': ref, 'reference_files_per_s': len(files) / ref, 'reference_frames_per_s': frames / ref,
+            'speedup': ref / fast}
+
+# %% ../nbs/90_bench.ipynb #82990426
+from .prepare import normalize_aimclr, normalize_aimclr_reference
+
+def bench_normalize(clips=None,      # batch (N, 3, T, V, M); default: 64 random 300-frame clips of 40-300 real frames
+                    repeats:int=5,
+                    frames:int=50,
+                    layout='ntu25',
+                   ) -> dict:        # ms per clip of both, and the speed-up
+    "Time `normalize_aimclr` (batched) against `normalize_aimclr_reference` (per clip)."
+    if clips is None:
+        rng = np.random.default_rng(0)
+        clips = rng.normal(size=(64, 3, 300, 25, 2)).astype(np.float32)
+        lengths = rng.integers(40, 301, 64)
+        for i, l in enumerate(lengths): clips[i, :, l:] = 0
+        clips[::2, ..., 1] = 0                                      # half the clips have one person
+    clips = np.asarray(clips, np.float32)
+    fast = normalize_aimclr(clips, frames, layout)
+    ref = np.stack([normalize_aimclr_reference(c, frames, layout) for c in clips])
+    if not np.allclose(fast, ref, atol=1e-4): raise AssertionError('normalize_aimclr disagrees with the reference')
+    t_fast = timeit(lambda: normalize_aimclr(clips, frames, layout), repeats, 1)
+    t_ref = timeit(lambda: [normalize_aimclr_reference(c, frames, layout) for c in clips], max(1, repeats // 2), 1)
+    n = len(clips)
+    return {'clips': n, 'skelnb_ms_per_clip': 1e3 * t_fast / n, 'reference_ms_per_clip': 1e3 * t_ref / n,
+            'skelnb_clips_per_s': n / t_fast, 'speedup': t_ref / t_fast}
+
+# %% ../nbs/90_bench.ipynb #bdd3f289
+from .data import (Pose, SkeletonDataset, ensure_synthetic_dataset, pose_to_joints, synthetic_subject,
+                         _pose_to_joints_reference, _throw)
+
+def bench_forward_kinematics(T: int = 100,    # frames of the pose
+                             repeats: int = 5, # timed runs (the median is reported)
+                            ) -> dict:
+    "Median time of `pose_to_joints` and of the frame-by-frame reference on a `T`-frame throw; asserts equal joints."
+    rng = np.random.default_rng(0)
+    pose = Pose(T, synthetic_subject(1))
+    _throw(pose, np.linspace(0, 1, T), 1.0, 1, rng)
+    fast, plain = pose_to_joints(pose), _pose_to_joints_reference(pose)
+    if not np.allclose(fast, plain, atol=1e-9): raise AssertionError('pose_to_joints differs from the reference')
+    t_fast = timeit(lambda: pose_to_joints(pose), repeats, 1)
+    t_plain = timeit(lambda: _pose_to_joints_reference(pose), max(1, repeats // 2), 1)
+    return {'name': 'forward_kinematics', 'T': T, 'skelnb_ms': 1e3 * t_fast, 'reference_ms': 1e3 * t_plain, 'speedup': t_plain / t_fast}
+
+
+def bench_loader(root=None,              # prepared folder (default: the synthetic dataset)
+                 split: str = 'train',   # split to read
+                 batch_size: int = 64,   # clips per batch
+                 repeats: int = 3,       # timed epochs (the median is reported)
+                ) -> dict:
+    "Clips per second of one epoch through `make_loader` and through direct slices of the memory map; asserts equal batches."
+    from skelnb.data import make_loader
+    ds = SkeletonDataset(root if root is not None else ensure_synthetic_dataset(), split)
+    loader = make_loader(ds, batch_size)
+    def via_loader(): return [b['x'] for b in loader]
+    def via_slices(): return [torch.from_numpy(np.array(ds.data[i:i + batch_size])) for i in range(0, len(ds), batch_size)]
+    if not all(torch.equal(a, b) for a, b in zip(via_loader(), via_slices())): raise AssertionError('loader batches differ from the memory map')
+    t_loader, t_slices = timeit(via_loader, repeats, 1), timeit(via_slices, repeats, 1)
+    return {'name': 'loader', 'clips': len(ds), 'batch_size': batch_size, 'skelnb_clips_per_s': len(ds) / t_loader,
+            'reference_clips_per_s': len(ds) / t_slices, 'overhead': t_loader / t_slices}
+
+# %% ../nbs/90_bench.ipynb #5f84c244
+def bench_player_update(T: int = 300,     # frames of the synthetic clip
+                        M: int = 2,       # persons
+                        updates: int = 50, # timed slider updates per implementation
+                        warmup: int = 5,  # untimed updates first
+                        layout='ntu25',   # layout of the synthetic clip
+                       ) -> dict:         # median milliseconds per update, skelnb vs the naive rebuild
+    "Median Python time of one slider update of `SkeletonPlayer`, against rebuilding the traces on every update."
+    import plotly.graph_objects as go
+    from skelnb.viz import SkeletonPlayer, as_clip, wave_clip, _naive_traces
+    L = get_layout(layout)
+    clip = as_clip(wave_clip(T=T, M=M, layout=L))
+    player = SkeletonPlayer(clip, L)
+    naive = go.FigureWidget(player.traces.figure(0))
+    def naive_update(t):
+        with naive.batch_update():
+            naive.data = []
+            naive.add_traces(_naive_traces(clip, L, t, player.traces.persons))
+    order = [(17 * i + 1) % T for i in range(warmup + updates)]
+    def median_ms(update):                                                   # one frame of `order` per call
+        frames = iter(order)
+        return 1e3 * timeit(lambda: update(next(frames)), updates, warmup)
+    def move_slider(t): player.slider.value = t
+    fast_ms, naive_ms = median_ms(move_slider), median_ms(naive_update)
+    for i in range(len(player.fig.data)):                                    # both drew frame order[-1] the same way
+        for k in 'xyz':
+            a, b = np.asarray(player.fig.data[i][k], float), np.asarray(naive.data[i][k], float)
+            if not np.allclose(np.nan_to_num(a, nan=1e9), np.nan_to_num(b, nan=1e9)):
+                raise AssertionError(f'trace {i} {k}: the player and the naive rebuild disagree')
+    return dict(name='player_update', T=T, M=M, updates=updates, skelnb_ms=fast_ms, naive_ms=naive_ms,
+                speedup=naive_ms / fast_ms)
 
 # %% ../nbs/90_bench.ipynb #70bdad30
-import numpy as np
 from .skeleton import Graph
-from .runtime import timeit, synchronize, tune_malloc, FAST_ALLOCATOR_ENV
 from .encoders.stgcn_kernels import graph_conv, graph_conv_reference, max_abs_diff
 from .encoders.stgcn import STGCN, STGCNConfig, get_stgcn_config, stgcn_reference_forward, stgcn_flops, measured_flops
 
@@ -566,13 +643,12 @@ def _toy_step_timing(batch_size=64, hidden=64, frames=50, joints=25, persons=2, 
     method = ToyMoCo(hidden=hidden, queue_size=1024)
     opt = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
     batch = {'x': torch.randn(batch_size, 3, frames, joints, persons)}
-    times, losses = [], []
-    for _ in range(warmup + steps):
-        t0 = time.perf_counter()
+    losses = []
+    def step():
         loss = method.training_step(batch, 0)['loss']
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-        times.append(time.perf_counter() - t0); losses.append(loss.item())
-    step_s = float(np.median(times[warmup:]))
+        losses.append(loss.item())
+    step_s = timeit(step, steps, warmup)
     return {'step_s': step_s, 'samples_per_s': batch_size / step_s, 'losses': losses}
 
 
@@ -659,6 +735,91 @@ def bench_extreme_view(batch: int = 128, frames: int = 50, joints: int = 25, per
     return _bench_views([aimclr_extreme(aug_method)], 'extreme_view', batch, frames, joints, persons, repeats, warmup,
                         reference_samples, device, num_threads, seed, malloc)
 
+# %% ../nbs/90_bench.ipynb #c6404817
+from .attacks import adam_step, att_aug_direction, _att_aug_update_reference
+
+def bench_att_aug(N: int = 16, T: int = 64, V: int = 25, M: int = 2, # batch shape
+                  repeats: int = 20, warmup: int = 3, device='cpu', seed: int = 0,
+                 ) -> dict:  # median milliseconds of both implementations
+    "Median time of the Att-Aug update (normalise, mix, fresh Adam step): vectorised vs a per-sample loop."
+    g = torch.Generator().manual_seed(seed)
+    x, gc, gp = (torch.randn(N, 3, T, V, M, generator=g).to(device) for _ in range(3))
+    fast = lambda: adam_step(x, att_aug_direction(gc, gp, 0.6), 1e-4)[0]
+    slow = lambda: _att_aug_update_reference(x, gc, gp, 1e-4, 0.6)
+    tol = 8 * torch.finfo(x.dtype).eps * x.abs().max().item()               # a few roundings of x - step
+    if not torch.allclose(fast(), slow(), atol=tol, rtol=0): raise AssertionError('vectorised and reference Att-Aug updates differ')
+    f, s = (1e3 * timeit(fn, repeats, warmup, x.device) for fn in (fast, slow))
+    return dict(name='att_aug_update', shape=(N, 3, T, V, M), device=str(device), skelnb_ms=f, reference_ms=s, speedup=s / f)
+
+# %% ../nbs/90_bench.ipynb #f580f2a1
+import torch.nn.functional as F
+from .mixers import pnm_mix_loss, _pnm_loss_reference
+
+def bench_pnm(N: int = 64, K: int = 4096, d: int = 128, # batch, bank size, embedding size
+              repeats: int = 10, warmup: int = 2, device='cpu', seed: int = 0,
+             ) -> dict:   # median milliseconds of both implementations
+    "Median time of the PNM loss: vectorised `pnm_mix_loss` against a loop over bank entries (equal results asserted)."
+    g = torch.Generator().manual_seed(seed)
+    q = F.normalize(torch.randn(N, d, generator=g), dim=1).to(device)
+    bank = F.normalize(torch.randn(K, d, generator=g), dim=1).to(device)
+    fast = lambda: pnm_mix_loss(q, bank, 0.07)['loss']
+    slow = lambda: _pnm_loss_reference(q, bank, 0.07)
+    if not torch.allclose(fast(), slow(), atol=1e-4, rtol=1e-5): raise AssertionError('vectorised and reference PNM losses differ')
+    f, s = (1e3 * timeit(fn, repeats, warmup, q.device) for fn in (fast, slow))
+    return dict(name='pnm_loss', N=N, K=K, d=d, device=str(device), skelnb_ms=f, reference_ms=s, speedup=s / f)
+
+# %% ../nbs/90_bench.ipynb #b15d31c0
+def bench_method_step(name: str = 'skeletonclr', preset: str = 'paper', batch_size: int = 128,
+                      steps: int = 3, warmup: int = 1, device: str = 'cpu', frames: int | None = None,
+                      low_memory: bool = False, # as `TrainConfig.low_memory`: checkpointing, heap released after forward and step
+                     ) -> dict:
+    "Median seconds and samples/s of a full training step of a method on random clips of its preset's shape."
+    from skelnb.methods.catalog import build_method
+    from skelnb.train import build_optimizer, method_train_config
+    from skelnb.runtime import release_free_memory
+    from skelnb.encoders.stgcn import set_activation_checkpointing
+    if not low_memory: tune_malloc()              # speed: freed blocks stay mapped (the low-memory mode wants them back)
+    dev = resolve_device(device)
+    seed_everything(0)
+    method = build_method(name, preset).to(dev).train()
+    if low_memory: set_activation_checkpointing(method, True)
+    release = release_free_memory if low_memory else (lambda: None)
+    cfg = method.config
+    T = frames or getattr(cfg, 'frames', 50) or 50
+    V = 25
+    x = torch.randn(batch_size, 3, T, V, 2, generator=torch.Generator().manual_seed(0)).to(dev)
+    x[..., 1] = 0                                   # single-person clips: the second body absent, as in most data
+    batch = {'x': x, 'label': torch.zeros(batch_size, dtype=torch.long, device=dev),
+             'index': torch.arange(batch_size, device=dev), 'length': torch.full((batch_size,), T, device=dev)}
+    opt = build_optimizer(method, method_train_config(name, preset))
+    calls = iter(range(warmup + steps))
+    def step():
+        i = next(calls)
+        out = method.training_step(batch, 1000)    # past every switch epoch: all terms active
+        release()
+        opt.zero_grad(set_to_none=True); out['loss'].backward(); opt.step()
+        method.after_optimizer_step(i, warmup + steps)
+        release()
+    s = timeit(step, steps, warmup, dev)
+    return {'method': name, 'preset': preset, 'batch_size': batch_size, 'frames': T, 'device': str(dev),
+            'seconds_per_step': s, 'samples_per_s': batch_size / s, 'threads': torch.get_num_threads(), 'low_memory': low_memory}
+
+
+def bench_pretrain_epoch(dataset: str = 'nw_ucla', method: str = 'skeletonclr', preset: str = 'paper',
+                         quick: bool = False, device: str = 'cpu') -> dict:
+    "Seconds of one Trainer epoch of `method` on the training split of `dataset` (quick: 64 clips)."
+    from skelnb.data import SkeletonDataset, resolve_dataset
+    from skelnb.methods.catalog import build_method, with_data_layout
+    from skelnb.train import Trainer, method_train_config
+    tune_malloc()
+    root = resolve_dataset(dataset)
+    ds = SkeletonDataset(root, 'train', subset=list(range(64)) if quick else None)
+    cfg = method_train_config(method, preset, epochs=1, device=device, progress=False,
+                              batch_size=16 if quick else 128, **({} if not quick else {'drop_last': False}))
+    model = build_method(method, preset, **with_data_layout(method, ds))
+    seconds = timeit(lambda: Trainer(model, ds, cfg).fit(), 1, 0)
+    return {'dataset': str(root), 'clips': len(ds), 'method': method, 'preset': preset, 'seconds': seconds}
+
 # %% ../nbs/90_bench.ipynb #77bff51e
 from .data import ArrayDataset, derive_seed, make_loader
 from .train import Trainer, TrainConfig, ToyClips
@@ -706,7 +867,8 @@ def bench_trainer(n=512, batch_size=64, hidden=16, frames=16, joints=5, epochs=1
 def bench_trainer_method(name: str = 'skeletonclr', preset: str = 'lesson', n: int = 256, batch_size: int | None = None,
                          epochs: int = 1, repeats: int = 3, **overrides) -> dict:
     "`bench_trainer` for a catalog method at its preset's size (batch: the preset's recipe) on random clips; `overrides`: TrainConfig fields."
-    from skelnb.methods.catalog import build_method, method_train_config
+    from skelnb.methods.catalog import build_method
+    from skelnb.train import method_train_config
     recipe = method_train_config(name, preset)
     bs = batch_size or recipe.batch_size
     T = getattr(build_method(name, preset).config, 'frames', None) or 50

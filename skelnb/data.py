@@ -20,9 +20,9 @@ __all__ = ['LEFT_HANDED_SUBJECTS', 'SYNTHETIC_ACTIONS', 'TWO_PERSON_ACTIONS', 'F
            'SYNTHETIC_SUBJECTS', 'SYNTHETIC_SPLITS', 'ArrayDataset', 'SkeletonDataset', 'derive_seed', 'EpochSampler',
            'seed_worker', 'upstream_seed_worker', 'to_device', 'SeededLoader', 'make_loader', 'subset_counts',
            'labelled_subset', 'save_subset', 'load_subset', 'labelled_subset_file', 'rotation', 'swing',
-           'limb_direction', 'SyntheticSubject', 'synthetic_subject', 'Pose', 'pose_to_joints',
-           'bench_forward_kinematics', 'synthetic_clip', 'make_synthetic_dataset', 'default_dataset_dir',
-           'ensure_synthetic_dataset', 'dataset_summary', 'bench_loader', 'ridge_floor']
+           'limb_direction', 'SyntheticSubject', 'synthetic_subject', 'Pose', 'pose_to_joints', 'synthetic_clip',
+           'make_synthetic_dataset', 'default_dataset_dir', 'ensure_synthetic_dataset', 'dataset_summary',
+           'ridge_floor', 'resolve_dataset']
 
 # %% ../nbs/03_data.ipynb #fee8f8b2
 def _as_index_array(subset, n, where='subset'):
@@ -598,28 +598,6 @@ def _pose_to_joints_reference(pose: Pose) -> np.ndarray:
             if v != NTU25.center: out[t, v] = out[t, NTU25.parents[v]] + bone_rotation(v) @ rest[v]
     return out
 
-
-def _median_time(fn, repeats):
-    fn()                                                                             # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter(); fn(); times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def bench_forward_kinematics(T: int = 100,    # frames of the pose
-                             repeats: int = 5, # timed runs (the median is reported)
-                            ) -> dict:
-    "Median time of `pose_to_joints` and of the frame-by-frame reference on a `T`-frame throw; asserts equal joints."
-    rng = np.random.default_rng(0)
-    pose = Pose(T, synthetic_subject(1))
-    _throw(pose, np.linspace(0, 1, T), 1.0, 1, rng)
-    fast, plain = pose_to_joints(pose), _pose_to_joints_reference(pose)
-    if not np.allclose(fast, plain, atol=1e-9): raise AssertionError('pose_to_joints differs from the reference')
-    t_fast = _median_time(lambda: pose_to_joints(pose), repeats)
-    t_plain = _median_time(lambda: _pose_to_joints_reference(pose), max(1, repeats // 2))
-    return {'name': 'forward_kinematics', 'T': T, 'skelnb_ms': 1e3 * t_fast, 'reference_ms': 1e3 * t_plain, 'speedup': t_plain / t_fast}
-
 # %% ../nbs/03_data.ipynb #04dfe82b
 FPS = 30.0
 VIEW_YAW = {1: 0.0, 2: -45.0, 3: 45.0}           # camera view -> yaw of the scene, degrees
@@ -839,22 +817,6 @@ def dataset_summary(root) -> str:
                     f'subjects {subjects.tolist()}, clips per subject {sorted(set(counts.tolist()))}')
     return '\n'.join(rows)
 
-# %% ../nbs/03_data.ipynb #5c9422cd
-def bench_loader(root=None,              # prepared folder (default: the synthetic dataset)
-                 split: str = 'train',   # split to read
-                 batch_size: int = 64,   # clips per batch
-                 repeats: int = 3,       # timed epochs (the median is reported)
-                ) -> dict:
-    "Clips per second of one epoch through `make_loader` and through direct slices of the memory map; asserts equal batches."
-    ds = SkeletonDataset(root if root is not None else ensure_synthetic_dataset(), split)
-    loader = make_loader(ds, batch_size)
-    def via_loader(): return [b['x'] for b in loader]
-    def via_slices(): return [torch.from_numpy(np.array(ds.data[i:i + batch_size])) for i in range(0, len(ds), batch_size)]
-    if not all(torch.equal(a, b) for a, b in zip(via_loader(), via_slices())): raise AssertionError('loader batches differ from the memory map')
-    t_loader, t_slices = _median_time(via_loader, repeats), _median_time(via_slices, repeats)
-    return {'name': 'loader', 'clips': len(ds), 'batch_size': batch_size, 'skelnb_clips_per_s': len(ds) / t_loader,
-            'reference_clips_per_s': len(ds) / t_slices, 'overhead': t_loader / t_slices}
-
 # %% ../nbs/03_data.ipynb #d3edaca8
 def ridge_floor(root,                       # prepared folder
                 train: str = 'train',       # split to fit
@@ -876,3 +838,22 @@ def ridge_floor(root,                       # prepared folder
         clf = RidgeClassifierCV(alphas=alphas).fit(xtr, ytr)
     return {'stream': stream, 'train_clips': len(ytr), 'accuracy': float(clf.score(xte, yte)),
             'train_accuracy': float(clf.score(xtr, ytr)), 'alpha': float(clf.alpha_), 'chance': float(np.bincount(yte).max() / len(yte))}
+
+# %% ../nbs/03_data.ipynb #ba7825a4
+_SMALL_SETS = {'utd': 'utd_kinect_v2', 'nw_ucla': 'nw_ucla', 'msr': 'msr_action3d'}
+
+def resolve_dataset(spec: str = 'synthetic', # 'synthetic', 'utd', 'nw_ucla', 'msr', or a prepared folder
+                    data_root='data',       # where named real datasets are prepared
+                   ) -> Path:
+    "The prepared folder for a data argument (preparing the synthetic or a small real dataset on first use)."
+    from skelnb.prepare import prepare_dataset
+    spec = str(spec)
+    if spec == 'synthetic': return ensure_synthetic_dataset()
+    if spec in _SMALL_SETS:
+        out = Path(data_root) / _SMALL_SETS[spec]
+        if not (out / 'info.json').is_file(): prepare_dataset(spec, out)
+        return out
+    path = Path(spec)
+    if (path / 'info.json').is_file(): return path
+    raise FileNotFoundError(f'--data {spec!r}: not a prepared folder (no info.json there) and not one of '
+                            f'synthetic, {", ".join(_SMALL_SETS)}; prepare raw data with skelnb-prepare first')

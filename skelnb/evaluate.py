@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_evaluate.ipynb #b9552fd1
 from __future__ import annotations
-import argparse, contextlib, copy, json, math, time, warnings
+import contextlib, copy, json, math, time, warnings
 from pathlib import Path
 from typing import Callable, Optional
 import numpy as np
@@ -24,7 +24,7 @@ __all__ = ['ENSEMBLE_WEIGHTS', 'PROTOCOLS', 'model_device', 'encode_batch', 'ext
            'FineTuneProbe', 'finetune_evaluation', 'subset_indices', 'semi_supervised_evaluation', 'LayoutDataset',
            'dataset_layout', 'transfer_evaluation', 'ensemble_scores', 'ensemble_accuracy', 'check_protocols',
            'knn_evaluation', 'run_protocols', 'random_floor', 'raw_ridge_floor', 'results_table', 'save_results',
-           'method_from_checkpoint', 'evaluate_cli']
+           'method_from_checkpoint', 'run_evaluation']
 
 # %% ../nbs/12_evaluate.ipynb #042016d7
 def model_device(model: nn.Module) -> torch.device:
@@ -704,60 +704,56 @@ def method_from_checkpoint(path,              # a checkpoint of `skelnb.train.Tr
         method = load_method(path)   # the stored method configuration rebuilds the right sizes
     return method.to(device).eval()
 
-# %% ../nbs/12_evaluate.ipynb #00af011a
-def evaluate_cli(argv=None) -> list:
-    "Command line: evaluate a checkpoint (or a random encoder) with named protocols; writes JSON, prints a table."
-    ap = argparse.ArgumentParser(prog='skelnb-evaluate', description='Evaluate a pretrained skeleton encoder.')
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument('--checkpoint', help='checkpoint written by skelnb.train.Trainer')
-    src.add_argument('--random', metavar='PRESET', help='a randomly initialised ST-GCN of this preset (a floor), e.g. tiny')
-    ap.add_argument('--data', required=True, help='prepared data folder (skelnb.prepare)')
-    ap.add_argument('--train-data', default=None, help='prepared folder of the training split, when it differs (transfer)')
-    ap.add_argument('--train-split', default='train'); ap.add_argument('--test-split', default='test')
-    ap.add_argument('--stream', default=None, choices=('joint', 'motion', 'bone'),
-                    help='stream fed to a --random encoder (a method converts raw joints to its own stream)')
-    ap.add_argument('--protocols', default='knn,probe', help=f'comma-separated, from {",".join(PROTOCOLS)}')
-    ap.add_argument('--ridge-floor', action='store_true', help='add skelnb.data.ridge_floor on the raw clips')
-    ap.add_argument('--epochs', type=int, default=100, help='linear evaluation epochs (fine-tuning uses --ft-epochs)')
-    ap.add_argument('--ft-epochs', type=int, default=100)
-    ap.add_argument('--ft-batch-size', type=int, default=128, help='fine-tuning and semi-supervised batch (small labelled subsets need smaller batches)')
-    ap.add_argument('--val-fraction', type=float, default=0.0, help='validation share for best-epoch selection (linear)')
-    ap.add_argument('--fractions', default='0.01,0.1'); ap.add_argument('--seeds', default='0,1,2')
-    ap.add_argument('--cache-features', action='store_true', help='linear evaluation on cached features (same result, faster)')
-    ap.add_argument('--model-layout', default=None, help='layout the encoder expects (converted with convert_layout when the data differ)')
-    ap.add_argument('--device', default='cpu'); ap.add_argument('--seed', type=int, default=0)
-    ap.add_argument('--out', required=True, help='output folder (results.json)')
-    a = ap.parse_args(argv)
-    protocols = check_protocols(a.protocols)
+# %% ../nbs/12_evaluate.ipynb #da74f1a8
+def run_evaluation(data,                        # prepared folder of the test split (and of the training split unless `train_data`)
+                   checkpoint=None,             # a checkpoint written by `skelnb.train.Trainer` ...
+                   random: str | None = None,   # ... or the preset of a randomly initialised ST-GCN (a floor), e.g. 'tiny'
+                   out='results',               # output folder (results.json, labelled subsets)
+                   protocols='knn,probe',       # names from `PROTOCOLS` (list or comma-separated)
+                   train_data=None,             # prepared folder of the training split, when it differs (transfer)
+                   train_split: str = 'train', test_split: str = 'test',
+                   stream: str | None = None,   # stream fed to a `random` encoder (a method converts raw joints itself)
+                   ridge_floor: bool = False,   # add `raw_ridge_floor` on the raw clips
+                   epochs: int = 100,           # linear evaluation epochs
+                   ft_epochs: int = 100,        # fine-tuning and semi-supervised epochs
+                   ft_batch_size: int = 128,    # fine-tuning and semi-supervised batch
+                   val_fraction: float = 0.0,   # validation share for best-epoch selection (linear)
+                   fractions=(0.01, 0.1), seeds=(0, 1, 2), # semi-supervised label fractions and subset seeds
+                   cache_features: bool = False, # linear evaluation on cached features (same result, faster)
+                   model_layout: str | None = None, # layout the encoder expects (the data converted when they differ)
+                   device='cpu', seed: int = 0,
+                   argv: list | None = None,    # the command line, recorded in results.json
+                  ) -> list:
+    "Evaluate a checkpoint (or a random encoder) with named protocols on prepared data; the rows, also in `out`/results.json."
+    protocols = check_protocols(protocols)
+    if (checkpoint is None) == (random is None): raise ValueError('give either a checkpoint or the preset of a random encoder')
+    if checkpoint and stream: raise ValueError('a stream applies to random encoders; a method uses the stream of its configuration')
     from skelnb.data import SkeletonDataset
     from skelnb.prepare import read_info
-    train_root = Path(a.train_data or a.data)
-    stream = a.stream if a.random else None
-    if a.checkpoint and a.stream: ap.error('--stream applies to --random encoders; a method uses the stream of its configuration')
-    tr = SkeletonDataset(train_root, a.train_split, stream=stream)
-    te = SkeletonDataset(a.data, a.test_split, stream=stream)
-    if a.checkpoint:
-        model, model_name = method_from_checkpoint(a.checkpoint, a.device), str(a.checkpoint)
+    train_root = Path(train_data or data)
+    stream = stream if random else None
+    tr = SkeletonDataset(train_root, train_split, stream=stream)
+    te = SkeletonDataset(data, test_split, stream=stream)
+    if checkpoint:
+        model, model_name = method_from_checkpoint(checkpoint, device), str(checkpoint)
     else:
         from skelnb.encoders.stgcn import STGCN
-        torch.manual_seed(a.seed)
-        model, model_name = STGCN(a.random, head='none', layout=a.model_layout or dataset_layout(tr)).to(a.device), f'random ST-GCN {a.random} (seed {a.seed})'
-    if a.model_layout and a.model_layout != dataset_layout(tr):
-        tr, te = LayoutDataset(tr, dataset_layout(tr), a.model_layout), LayoutDataset(te, dataset_layout(te), a.model_layout)
-    ints = lambda s: [int(x) for x in s.split(',') if x]
-    rows = run_protocols(model, tr, te, protocols, device=a.device,
-                         linear_kwargs=dict(epochs=a.epochs, milestones=(int(a.epochs * 0.8),), val_fraction=a.val_fraction,
-                                            cache_features=a.cache_features, seed=a.seed),
-                         finetune_kwargs=dict(epochs=a.ft_epochs, milestones=(int(a.ft_epochs * 0.6), int(a.ft_epochs * 0.8)), seed=a.seed,
-                                              batch_size=a.ft_batch_size),
-                         semi_kwargs=dict(fractions=[float(x) for x in a.fractions.split(',')], seeds=ints(a.seeds),
-                                          subset_dir=Path(a.out) / 'subsets', epochs=a.ft_epochs,
-                                          milestones=(int(a.ft_epochs * 0.6), int(a.ft_epochs * 0.8)), batch_size=a.ft_batch_size))
-    if a.ridge_floor: rows.append(raw_ridge_floor(a.data, a.stream or 'joint', a.train_split, a.test_split) if a.train_data is None
-                                  else {'protocol': 'ridge floor', 'setting': 'skipped: train and test folders differ', 'accuracy': None})
-    data_name = read_info(a.data).get('name', Path(a.data).name) + f' {a.test_split}' + (f' ({a.stream})' if a.stream else '')
+        torch.manual_seed(seed)
+        model, model_name = STGCN(random, head='none', layout=model_layout or dataset_layout(tr)).to(device), f'random ST-GCN {random} (seed {seed})'
+    if model_layout and model_layout != dataset_layout(tr):
+        tr, te = LayoutDataset(tr, dataset_layout(tr), model_layout), LayoutDataset(te, dataset_layout(te), model_layout)
+    rows = run_protocols(model, tr, te, protocols, device=device,
+                         linear_kwargs=dict(epochs=epochs, milestones=(int(epochs * 0.8),), val_fraction=val_fraction,
+                                            cache_features=cache_features, seed=seed),
+                         finetune_kwargs=dict(epochs=ft_epochs, milestones=(int(ft_epochs * 0.6), int(ft_epochs * 0.8)), seed=seed,
+                                              batch_size=ft_batch_size),
+                         semi_kwargs=dict(fractions=list(fractions), seeds=list(seeds),
+                                          subset_dir=Path(out) / 'subsets', epochs=ft_epochs,
+                                          milestones=(int(ft_epochs * 0.6), int(ft_epochs * 0.8)), batch_size=ft_batch_size))
+    if ridge_floor: rows.append(raw_ridge_floor(data, stream or 'joint', train_split, test_split) if train_data is None
+                                else {'protocol': 'ridge floor', 'setting': 'skipped: train and test folders differ', 'accuracy': None})
+    data_name = read_info(data).get('name', Path(data).name) + f' {test_split}' + (f' ({stream})' if stream else '')
     for r in rows: r.setdefault('model', model_name); r.setdefault('data', data_name)
-    save_results(rows, Path(a.out) / 'results.json', checkpoint=a.checkpoint, random=a.random, data=str(a.data),
-                 train_data=str(train_root), protocols=protocols, stream=a.stream, argv=argv)
-    print(results_table(rows))
+    save_results(rows, Path(out) / 'results.json', checkpoint=checkpoint, random=random, data=str(data),
+                 train_data=str(train_root), protocols=protocols, stream=stream, argv=argv)
     return rows

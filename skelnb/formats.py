@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_formats.ipynb #25e56926
 from __future__ import annotations
-import csv, io, json, os, pickle, re, tarfile, time
+import csv, io, json, os, pickle, re, tarfile
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -14,12 +14,12 @@ from .skeleton import get_layout, convert_layout
 __all__ = ['F32_MAX', 'DATASET_SOURCES', 'NAME_PATTERNS', 'NTU_BODY_FIELDS', 'NTU_JOINT_FIELDS', 'SELECTIONS', 'PKU_VIEWS',
            'MAX_CLASSES', 'LABELS_COLUMNS', 'SPLIT_NAME', 'SkeletonFormatError', 'representable', 'shared_data_dir',
            'parse_sample_name', 'parse_decimal_tokens', 'NTUSkeletonFile', 'parse_ntu_skeleton', 'bodies_to_clip',
-           'read_ntu_skeleton', 'read_ntu_skeleton_lines', 'write_ntu_skeleton', 'bench_ntu_reader', 'read_utd_mat',
-           'read_nw_ucla_json', 'read_number_table', 'read_msr_text', 'iter_msr_tar', 'read_msr_file_list',
-           'parse_pku_sequence_name', 'pku_clip_name', 'read_pku_sequence', 'read_pku_labels', 'cut_pku_sequence',
-           'write_pku_clips', 'read_pku_split', 'UnsafePickleError', 'RestrictedUnpickler', 'safe_load_pickle',
-           'write_pyskl', 'pyskl_annotation_problem', 'read_pyskl', 'pyskl_to_clip', 'read_label_pickle',
-           'read_npy_header', 'load_npy', 'read_npy_clip', 'read_labels_csv']
+           'read_ntu_skeleton', 'read_ntu_skeleton_lines', 'write_ntu_skeleton', 'read_utd_mat', 'read_nw_ucla_json',
+           'read_number_table', 'read_msr_text', 'iter_msr_tar', 'read_msr_file_list', 'parse_pku_sequence_name',
+           'pku_clip_name', 'read_pku_sequence', 'read_pku_labels', 'cut_pku_sequence', 'write_pku_clips',
+           'read_pku_split', 'UnsafePickleError', 'RestrictedUnpickler', 'safe_load_pickle', 'write_pyskl',
+           'pyskl_annotation_problem', 'read_pyskl', 'pyskl_to_clip', 'read_label_pickle', 'read_npy_header',
+           'load_npy', 'read_npy_clip', 'read_labels_csv']
 
 # %% ../nbs/01_formats.ipynb #1a25dea5
 class SkeletonFormatError(ValueError):
@@ -474,33 +474,6 @@ def write_ntu_skeleton(path,            # file to write
     path = Path(path)
     path.write_text('\n'.join(lines) + '\n')
     return path
-
-# %% ../nbs/01_formats.ipynb #322710f4
-def _median_time(fn, repeats, warmup=1):
-    for _ in range(warmup): fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter(); fn(); times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-def bench_ntu_reader(files,          # `.skeleton` files
-                     repeats:int=5,  # timed repetitions (the median is reported)
-                     max_bodies:int=2,
-                    ) -> dict:       # files/s, frames/s and seconds of both readers, and the speed-up
-    "Time `read_ntu_skeleton` against the line-by-line reference on `files` (outputs asserted equal)."
-    files = [Path(f) for f in files]
-    if not files: raise ValueError('no files to benchmark')
-    frames = 0
-    for f in files:
-        clip = read_ntu_skeleton(f, max_bodies, allow_empty=True)[0]
-        if not np.array_equal(clip, read_ntu_skeleton_lines(f, max_bodies)): raise AssertionError(f'{f}: the readers disagree')
-        frames += clip.shape[1]
-    fast = _median_time(lambda: [read_ntu_skeleton(f, max_bodies, allow_empty=True) for f in files], repeats)
-    ref = _median_time(lambda: [read_ntu_skeleton_lines(f, max_bodies) for f in files], repeats)
-    return {'files': len(files), 'frames': frames,
-            'skelnb_s': fast, 'skelnb_files_per_s': len(files) / fast, 'skelnb_frames_per_s': frames / fast,
-            'reference_s': ref, 'reference_files_per_s': len(files) / ref, 'reference_frames_per_s': frames / ref,
-            'speedup': ref / fast}
 
 # %% ../nbs/01_formats.ipynb #0aad8443
 def _check_finite(x, path, what='coordinates'):

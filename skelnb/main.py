@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_main.ipynb #85093321
 from __future__ import annotations
-import argparse, html, json, os, time
+import html, json, os, time
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import numpy as np
@@ -12,7 +12,7 @@ import torch
 
 # %% auto #0
 __all__ = ['MAIN_BUDGETS', 'MainConfig', 'stage_data', 'stage_pretrain', 'evaluate_encoder', 'stage_evaluate', 'write_report',
-           'run_main', 'main_cli']
+           'run_main']
 
 # %% ../nbs/14_main.ipynb #725aaf32
 # per method: the preset, epochs, batch and config changes of the main job's budget (a few minutes on 2 CPU cores)
@@ -49,7 +49,7 @@ class MainConfig:
 # %% ../nbs/14_main.ipynb #2e09c065
 def stage_data(cfg: MainConfig) -> dict:
     "Resolve (and prepare on first use) the dataset; its training and test splits."
-    from skelnb.methods.catalog import resolve_dataset
+    from skelnb.data import resolve_dataset
     from skelnb.data import SkeletonDataset, dataset_summary
     root = resolve_dataset(cfg.data)
     sub = lambda n: None if cfg.max_clips is None else np.linspace(0, n - 1, min(n, cfg.max_clips)).round().astype(int)
@@ -61,7 +61,8 @@ def stage_data(cfg: MainConfig) -> dict:
 # %% ../nbs/14_main.ipynb #717abac4
 def stage_pretrain(cfg: MainConfig, data: dict):
     "Self-supervised pretraining on the training split (labels unused), with a KNN monitor on the test split."
-    from skelnb.methods.catalog import build_method, method_train_config, with_data_layout
+    from skelnb.methods.catalog import build_method, with_data_layout
+    from skelnb.train import method_train_config
     from skelnb.evaluate import knn_monitor
     from skelnb.train import Trainer
     over = {k: v for k, v in dict(epochs=cfg.epochs, batch_size=cfg.batch_size).items() if v is not None}
@@ -182,27 +183,3 @@ def run_main(cfg: MainConfig | None = None, log=print) -> dict:
     log('\n' + results_table(rows))
     log('\n' + ', '.join(f'{k} {v:.0f} s' for k, v in timings.items()) + ' | ' + ', '.join(f'{k}: {v}' for k, v in files.items()))
     return {'rows': rows, 'seconds': timings, 'files': files, 'history': trainer.history}
-
-# %% ../nbs/14_main.ipynb #d60a6e5d
-def main_cli(argv=None):
-    "Console script `skelnb-main`: the main job (data, pretraining, evaluation, report)."
-    p = argparse.ArgumentParser(prog='skelnb-main', description='Pretrain a self-supervised skeleton encoder and evaluate it.')
-    d = MainConfig()
-    p.add_argument('--data', default=d.data, help='synthetic (default), utd, nw_ucla, msr, or a prepared folder')
-    p.add_argument('--method', default=d.method, help='skeletonclr, crossclr, aimclr, a2mc or skeattnclr')
-    p.add_argument('--preset', default=None, help="method preset ('lesson' = a CPU budget, 'paper' = the published recipe); default: MAIN_BUDGETS")
-    p.add_argument('--epochs', type=int, default=None); p.add_argument('--batch-size', type=int, default=None)
-    p.add_argument('--out', default=d.out); p.add_argument('--seed', type=int, default=d.seed)
-    p.add_argument('--device', default=d.device); p.add_argument('--no-report', action='store_true')
-    p.add_argument('--max-clips', type=int, default=None, help='use only this many training and test clips')
-    p.add_argument('--set', nargs='*', default=[], metavar='FIELD=VALUE', help='method config overrides')
-    a = p.parse_args(argv)
-    from skelnb.methods.catalog import parse_overrides
-    from skelnb.checkpoint import CheckpointError
-    try:
-        cfg = MainConfig(a.data, a.method, a.preset, a.epochs, a.batch_size, a.out, a.seed, a.device, not a.no_report,
-                         parse_overrides(a.set) if a.set else None, a.max_clips)
-        run_main(cfg)
-    except (KeyError, ValueError, TypeError, FileNotFoundError, CheckpointError) as e:
-        p.exit(2, f'skelnb-main: error: {e}\n')
-    return 0

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_mixers.ipynb #dfb4c2f8
 from __future__ import annotations
-import math, statistics, time
+import math
 import torch
 import torch.nn.functional as F
 from .augment.core import rand_uniform, rand_int
@@ -12,7 +12,7 @@ from .augment.core import rand_uniform, rand_int
 # %% auto #0
 __all__ = ['pnm_pairs', 'pnm_mixtures', 'pnm_mix_loss', 'a2mc_mix_loss', 'pnm_linear_repulsion', 'pnm_negatives',
            'draw_mochi_params', 'hardest_negatives', 'apply_mochi', 'mochi_negatives', 'roll_partner', 'beta_ratio',
-           'mix', 'bench_pnm']
+           'mix']
 
 # %% ../nbs/09_mixers.ipynb #b1ed2c7c
 def _check_rows(name, x, dim=None):
@@ -192,24 +192,3 @@ def _pnm_loss_reference(q, bank, temperature, pos_ratio=0.2, neg_ratio=0.1):
         pos = pos - qn @ ((1 - pos_ratio) * qn + pos_ratio * dk) / temperature
         neg = neg + qn @ (neg_ratio * qn + (1 - neg_ratio) * dk) / temperature
     return (pos + neg) / used
-
-def bench_pnm(N: int = 64, K: int = 4096, d: int = 128, # batch, bank size, embedding size
-              repeats: int = 10, warmup: int = 2, device='cpu', seed: int = 0,
-             ) -> dict:   # median milliseconds of both implementations
-    "Median time of the PNM loss: vectorised `pnm_mix_loss` against a loop over bank entries (equal results asserted)."
-    g = torch.Generator().manual_seed(seed)
-    q = F.normalize(torch.randn(N, d, generator=g), dim=1).to(device)
-    bank = F.normalize(torch.randn(K, d, generator=g), dim=1).to(device)
-    fast = lambda: pnm_mix_loss(q, bank, 0.07)['loss']
-    slow = lambda: _pnm_loss_reference(q, bank, 0.07)
-    if not torch.allclose(fast(), slow(), atol=1e-4, rtol=1e-5): raise AssertionError('vectorised and reference PNM losses differ')
-    def median_ms(fn):
-        ts = []
-        for i in range(warmup + repeats):
-            if q.is_cuda: torch.cuda.synchronize()
-            t0 = time.perf_counter(); fn()
-            if q.is_cuda: torch.cuda.synchronize()
-            if i >= warmup: ts.append(1e3 * (time.perf_counter() - t0))
-        return statistics.median(ts)
-    f, s = median_ms(fast), median_ms(slow)
-    return dict(name='pnm_loss', N=N, K=K, d=d, device=str(device), skelnb_ms=f, reference_ms=s, speedup=s / f)

@@ -26,11 +26,12 @@ from .methods.core import SSLMethod, SCHEDULES
 
 # %% auto #0
 __all__ = ['EVENTS', 'TAKEOVERS', 'seed_everything', 'get_rng_states', 'set_rng_states', 'ToyEncoder', 'ToyMoCo', 'ToyClips',
-           'TrainConfig', 'train_preset', 'lr_at', 'LRSchedule', 'CancelFitException', 'CancelEpochException',
-           'CancelBatchException', 'CancelStepException', 'Callback', 'build_optimizer', 'wrap_ddp', 'Trainer',
-           'MetricsCB', 'ScheduleCB', 'MixedPrecisionCB', 'AccumulateCB', 'NaNPolicyCB', 'ClipGradCB', 'LowMemoryCB',
-           'ProgressCB', 'MonitorCB', 'embedding_stats', 'CollapseCB', 'EmbeddingSnapshotCB', 'load_snapshots',
-           'method_config', 'CheckpointCB', 'default_callbacks', 'run_pretraining', 'run_toy_ddp']
+           'TrainConfig', 'train_preset', 'method_train_config', 'lr_at', 'LRSchedule', 'CancelFitException',
+           'CancelEpochException', 'CancelBatchException', 'CancelStepException', 'Callback', 'build_optimizer',
+           'wrap_ddp', 'Trainer', 'MetricsCB', 'ScheduleCB', 'MixedPrecisionCB', 'AccumulateCB', 'NaNPolicyCB',
+           'ClipGradCB', 'LowMemoryCB', 'ProgressCB', 'MonitorCB', 'embedding_stats', 'CollapseCB',
+           'EmbeddingSnapshotCB', 'load_snapshots', 'method_config', 'CheckpointCB', 'default_callbacks',
+           'run_pretraining', 'run_toy_ddp']
 
 # %% ../nbs/11_train.ipynb #d926c91a
 def seed_everything(seed: int, # any non-negative integer
@@ -210,6 +211,16 @@ def train_preset(name: str, # a key of `skelnb.methods.core.SCHEDULES`
     "The named `TrainConfig` preset, with `overrides` applied."
     if name not in SCHEDULES: raise KeyError(f'no training preset {name!r}; known: {sorted(SCHEDULES)}')
     return TrainConfig(**{**SCHEDULES[name], **overrides})
+
+# %% ../nbs/11_train.ipynb #45f417b9
+def method_train_config(name: str, preset: str = 'lesson', **overrides) -> TrainConfig:
+    "The `TrainConfig` of a method's preset: the base schedule ('paper' or 'lesson'), the method's recipe, then `overrides`."
+    from skelnb.methods.catalog import method_class
+    cls = method_class(name)
+    recipes = cls.config_class.recipes
+    if preset not in recipes: raise KeyError(f'{cls.__name__} has no training recipe {preset!r}; recipes: {sorted(recipes)}')
+    base = 'lesson' if preset.startswith('lesson') else 'paper'
+    return TrainConfig(**{**SCHEDULES[base], **recipes[preset], **overrides})
 
 # %% ../nbs/11_train.ipynb #8433552c
 def lr_at(step: int,             # optimizer step, from 0

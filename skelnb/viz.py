@@ -4,7 +4,6 @@
 
 # %% ../nbs/04_viz.ipynb #0959340b
 from __future__ import annotations
-import statistics, time
 from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
@@ -16,7 +15,7 @@ from .skeleton import get_layout, Layout
 __all__ = ['PERSON_COLORS', 'CLIP_COLORS', 'as_clip', 'person_present', 'person_joints', 'bone_pairs', 'bone_segments',
            'difference_segments', 'axis_ranges', 'equal_aspect', 'kinect_camera', 'wave_clip', 'joint_values_array',
            'SkeletonTraces', 'skeleton_figure', 'SkeletonPlayer', 'ComparisonPlayer', 'joint_heatmap',
-           'animation_figure', 'save_html', 'bench_player_update']
+           'animation_figure', 'save_html']
 
 # %% ../nbs/04_viz.ipynb #7cc688a5
 def _to_numpy(x, name='x'):
@@ -557,35 +556,3 @@ def _naive_traces(clip: np.ndarray, L: Layout, t: int, persons) -> list:
                                 z=[clip[2, t, v, m] for v in range(L.num_joints)], mode='markers', hovertext=list(L.joint_names),
                                 marker=dict(size=4, color=PERSON_COLORS[m])))
     return out
-
-def bench_player_update(T: int = 300,     # frames of the synthetic clip
-                        M: int = 2,       # persons
-                        updates: int = 50, # timed slider updates per implementation
-                        warmup: int = 5,  # untimed updates first
-                        layout='ntu25',   # layout of the synthetic clip
-                       ) -> dict:         # median milliseconds per update, skelnb vs the naive rebuild
-    "Median Python time of one slider update of `SkeletonPlayer`, against rebuilding the traces on every update."
-    L = get_layout(layout)
-    clip = as_clip(wave_clip(T=T, M=M, layout=L))
-    player = SkeletonPlayer(clip, L)
-    naive = go.FigureWidget(player.traces.figure(0))
-    def naive_update(t):
-        with naive.batch_update():
-            naive.data = []
-            naive.add_traces(_naive_traces(clip, L, t, player.traces.persons))
-    order = [(17 * i + 1) % T for i in range(warmup + updates)]
-    def time_it(fn):
-        ms = []
-        for i, t in enumerate(order):
-            t0 = time.perf_counter(); fn(t); dt = time.perf_counter() - t0
-            if i >= warmup: ms.append(dt * 1e3)
-        return statistics.median(ms)
-    def move_slider(t): player.slider.value = t
-    fast_ms, naive_ms = time_it(move_slider), time_it(naive_update)
-    for i in range(len(player.fig.data)):                                    # both drew frame order[-1] the same way
-        for k in 'xyz':
-            a, b = np.asarray(player.fig.data[i][k], float), np.asarray(naive.data[i][k], float)
-            if not np.allclose(np.nan_to_num(a, nan=1e9), np.nan_to_num(b, nan=1e9)):
-                raise AssertionError(f'trace {i} {k}: the player and the naive rebuild disagree')
-    return dict(name='player_update', T=T, M=M, updates=updates, skelnb_ms=fast_ms, naive_ms=naive_ms,
-                speedup=naive_ms / fast_ms)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from skelnb.methods.a2mc import A2MC, A2MCConfig, A2MC_PRESETS, A2MC_TRAIN_RECIPES, SCDNetBackbone
-from skelnb.methods.catalog import method_train_config
+from skelnb.train import method_train_config
 from skelnb.attacks import att_aug
 from skelnb.augment.core import Compose
 from skelnb.augment.ops import TemporalMask

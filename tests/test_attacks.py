@@ -12,7 +12,8 @@ from skelnb.attacks import (attack_guard, input_gradient, ascent_step, project_b
                             pgd, fgsm, cosine_distance, freeze_absent_persons, clamp_joint_displacement,
                             project_bone_lengths, feature_attack, smart_perceptual_terms, smart_perceptual_loss,
                             normalize_per_frame, adam_step, att_aug_direction, att_aug, AttAugConfig, pseudo_labels,
-                            A2MC_ACC_JOINT_WEIGHTS, bench_att_aug)
+                            A2MC_ACC_JOINT_WEIGHTS)
+from skelnb.bench import bench_att_aug
 
 
 class Tiny(nn.Module):
@@ -273,7 +274,7 @@ def test_module_is_light():
 
 def test_attack_explorer_headless():
     pytest.importorskip('plotly'); pytest.importorskip('ipywidgets')
-    from skelnb.attacks import AttackExplorer
+    from skelnb.attack_explorer import AttackExplorer
     torch.manual_seed(0)
     enc = Tiny().eval()
     clip = torch.randn(3, 10, 25, 1, generator=gen(3))

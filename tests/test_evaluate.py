@@ -8,8 +8,9 @@ import torch.nn as nn
 from skelnb.evaluate import (extract_features, knn_accuracy, knn_predict, knn_monitor, ridge_fit, ridge_probe, logistic_probe,
                              linear_evaluation, finetune_evaluation, semi_supervised_evaluation, subset_indices,
                              ensemble_scores, ensemble_accuracy, ENSEMBLE_WEIGHTS, run_protocols, check_protocols,
-                             results_table, save_results, evaluate_cli, LayoutDataset, split_validation, dataset_targets,
+                             results_table, save_results, LayoutDataset, split_validation, dataset_targets,
                              LinearProbe, FineTuneProbe, FeatureDataset, BestEpochCB, probe_config, predict_dataset)
+from skelnb.cli import evaluate_cli
 from skelnb.data import ArrayDataset, load_subset, make_loader, derive_seed
 from skelnb.train import ToyClips, ToyMoCo, Trainer, TrainConfig
 from skelnb.skeleton import convert_layout

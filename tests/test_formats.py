@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from skelnb.formats import *
 from skelnb.formats import _tokenize, _walk_headers, _walk_headers_fast
+from skelnb.bench import bench_ntu_reader
 
 
 def _clip(T=4, M=1, seed=0):

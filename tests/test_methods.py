@@ -3,7 +3,9 @@ import json, math, os, subprocess, sys
 from pathlib import Path
 import pytest
 import torch
-from skelnb.methods.catalog import (METHODS, build_method, method_train_config, load_method, one_step, pretrain, parse_overrides)
+from skelnb.methods.catalog import METHODS, build_method, load_method, one_step
+from skelnb.train import method_train_config
+from skelnb.cli import pretrain, parse_overrides
 from skelnb.train import Trainer
 from skelnb.checkpoint import latest_checkpoint, read_checkpoint, CheckpointError, atomic_save
 from skelnb.data import SkeletonDataset, ensure_synthetic_dataset
@@ -66,7 +68,7 @@ def test_pretrain_cli_under_torchrun_two_cpu_processes(name, tmp_path):
             '--max-clips', '32', '--knn-every', '0', '--device', 'cpu', '--train-set', 'progress=false',
             '--set', 'bank_size=64' if name == 'a2mc' else 'queue_size=64']
     script = tmp_path / 'ddp.py'
-    script.write_text(f'from skelnb.methods.catalog import pretrain_cli\npretrain_cli({args!r})\n')
+    script.write_text(f'from skelnb.cli import pretrain_cli\npretrain_cli({args!r})\n')
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT)}
     res = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(script)],
                          env=env, capture_output=True, text=True, timeout=300)

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from skelnb.mixers import (pnm_pairs, pnm_mixtures, pnm_mix_loss, a2mc_mix_loss, pnm_linear_repulsion, pnm_negatives,
                            draw_mochi_params, apply_mochi, mochi_negatives, hardest_negatives, roll_partner,
-                           beta_ratio, mix, bench_pnm)
+                           beta_ratio, mix)
+from skelnb.bench import bench_pnm
 
 
 def unit_rows(n, d, seed):

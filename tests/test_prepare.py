@@ -4,6 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from skelnb.prepare import *
+from skelnb.bench import bench_normalize
+from skelnb.cli import prepare_cli
 from skelnb.formats import write_ntu_skeleton, read_ntu_skeleton, SkeletonFormatError
 from skelnb.skeleton import NTU25, KINECT_V1, MSR20
 

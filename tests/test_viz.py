@@ -8,8 +8,9 @@ import torch
 
 from skelnb.skeleton import get_layout, joint_to_motion
 from skelnb.viz import (SkeletonPlayer, ComparisonPlayer, SkeletonTraces, skeleton_figure, joint_heatmap,
-                        animation_figure, save_html, bench_player_update, wave_clip, as_clip, bone_segments,
-                        difference_segments, person_joints, kinect_camera, axis_ranges, equal_aspect, CLIP_COLORS)
+                        animation_figure, save_html, wave_clip, as_clip, bone_segments, difference_segments,
+                        person_joints, kinect_camera, axis_ranges, equal_aspect, CLIP_COLORS)
+from skelnb.bench import bench_player_update
 
 ROOT = Path(__file__).resolve().parent.parent
 
