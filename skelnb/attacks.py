@@ -357,6 +357,7 @@ def pseudo_labels(encoder, x, attack_head) -> torch.Tensor:
     "A2MC's pseudo-labels $\\arg\\max h(f(x))$ of a fixed, never-trained head."
     with torch.no_grad(): return attack_head(encoder(x)).argmax(dim=-1)
 
+# %% ../nbs/08_attacks.ipynb #d0552563
 def att_aug(encoder,                   # callable `encoder(x)` -> features (an `nn.Module` is guarded)
             x,                         # query batch `(N, C, T, V, M)`, after the random augmentations
             attack_head,               # fixed random `nn.Linear` (features -> pseudo-classes), never trained

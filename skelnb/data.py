@@ -36,7 +36,7 @@ def _as_index_array(subset, n, where='subset'):
     if idx.size and (idx.min() < 0 or idx.max() >= n): raise ValueError(f'{where}: indices must lie in 0..{n-1}')
     return idx.astype(np.int64)
 
-
+# %% ../nbs/03_data.ipynb #9a54dc67
 class ArrayDataset(Dataset):
     "Raw clips from an `(N, C, T, V, M)` array: each item is `{'x', 'label', 'index', 'length'}`."
     def __init__(self,
@@ -215,7 +215,7 @@ class SeededLoader(DataLoader):
         if self.device is None: return batches
         return (to_device(b, self.device, non_blocking=self.pin_memory) for b in batches)
 
-
+# %% ../nbs/03_data.ipynb #e3730193
 def make_loader(dataset,                 # a map-style dataset (e.g. `SkeletonDataset`)
                 batch_size: int = 64,    # clips per batch
                 shuffle: bool = False,   # a new order every epoch
@@ -475,6 +475,7 @@ def _squat(p, u, amp, d, rng):
         elif arms == 1: p.set_arm(s, limb_direction(_const(u, 35), 110, s), limb_direction(_const(u, 60), 200, s), _envelope(u, 0.1))  # on the hips
         else: p.set_arm(s, limb_direction(_const(u, 60), -20, s), limb_direction(_const(u, 120), -80, s), _envelope(u, 0.1))  # crossed
 
+# %% ../nbs/03_data.ipynb #c89a97cc
 def _jump(p, u, amp, d, rng):
     reps = rng.integers(1, 3); swing_arms = rng.random() < 0.7
     crouch, flight, swing_ = np.zeros_like(u), np.zeros_like(u), np.zeros_like(u)
@@ -524,6 +525,7 @@ def _throw(p, u, amp, d, rng):
     p.twist = p.twist - d * 30 * amp * cock + d * 25 * amp * (release + follow)
     p.set_leg(-d, limb_direction(20 * (release + follow) * amp, 0, -d), limb_direction(_const(u, 0), 0, -d))
 
+# %% ../nbs/03_data.ipynb #d7035a10
 def _reach(p, u, amp, d, rng):
     target = rng.integers(3)   # 0 a high shelf, 1 straight ahead, 2 the floor
     hold = _ramp(u, 0.0, 0.45) * (1 - _ramp(u, 0.6, 1.0))
@@ -620,7 +622,7 @@ def _action_index(action) -> int:
     if not 0 <= int(action) < len(SYNTHETIC_ACTIONS): raise ValueError(f'action index must lie in 0..{len(SYNTHETIC_ACTIONS)-1}, got {action}')
     return int(action)
 
-
+# %% ../nbs/03_data.ipynb #6a1c0109
 def synthetic_clip(action,                # action name (see `SYNTHETIC_ACTIONS`) or its index
                    subject: int,          # performer, 1-based (1-6 train, 7-10 test in the default dataset)
                    seed: int = 0,         # dataset seed

@@ -282,6 +282,7 @@ def _walk_headers(data, starts, ends, first, ntok, path, num_joints):
 class _Stop(Exception):
     def __init__(self, line, reason): self.line, self.reason = line, reason
 
+# %% ../nbs/01_formats.ipynb #c30403dd
 def _walk_headers_fast(data, buf, starts, ends, first, ntok, num_joints):
     """The walk for well-formed files, with no Python step per line or body: a line's token count says what it
     is (1: a count, 10: a body line, 12: a joint line), the frames' body counts say where every frame and body
@@ -641,6 +642,7 @@ def cut_pku_sequence(seq:np.ndarray,     # (3, T, 25, 2) sequence
         out.append((np.ascontiguousarray(seq[:, s:stop]), c - 1, (s, e)))
     return out
 
+# %% ../nbs/01_formats.ipynb #efb0fa95
 def write_pku_clips(sequence_path,  # untrimmed skeleton file (`0002-L.txt`)
                     label_path,     # its label file
                     out_dir,        # folder for the NTU-format clips

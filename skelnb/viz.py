@@ -398,7 +398,7 @@ class _PlayerBase:
         from IPython.display import display
         display(self.widget)
 
-
+# %% ../nbs/04_viz.ipynb #924d231d
 class SkeletonPlayer(_PlayerBase):
     "Animated viewer of one clip `(C, T, V, M)` (3-D, or 2-D for C = 2): bones, joints, Play button, frame slider, optional joint heat."
     def __init__(self,

@@ -108,6 +108,7 @@ class MultiScaleTemporalConv(nn.Module):
 
     def forward(self, x): return torch.cat([b(x) for b in self.branches], 1)
 
+# %% ../../nbs/06d_encoders.scdnet.ipynb #f904b484
 class CTRGCNBlock(nn.Module):
     "CTR-GC graph convolution, multi-scale temporal convolution, residual, ReLU."
     def __init__(self, in_channels, out_channels, A, residual=True, kernel_size=5, dilations=(1, 2)):
