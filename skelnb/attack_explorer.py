@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from .skeleton import get_layout
 from .attacks import NORMS, _check_norm, attack_guard, att_aug, pgd, cosine_distance, freeze_absent_persons
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['GOALS', 'AttackExplorer']
@@ -80,57 +81,67 @@ class AttackExplorer:
         self.widget = W.VBox([W.HBox([self.eps, self.steps, self.amplify]), self.goal, self.norm, self.player.widget,
                               W.HBox([self.sim_fig, self.status])])
 
-    def attack(self, eps: float, steps: int, goal: str, norm: str = 'l2', callback=None) -> torch.Tensor:
-        "The attacked batch `(1, C, T, V, M)` for these settings (what the widget shows)."
-        if goal == 'att-aug':
-            return att_aug(self.encoder, self.x, self.head, step_size=eps / steps, steps=steps, eps=eps, mode='eval', callback=callback)
-        targeted = goal == 'towards target'
-        radius = eps if norm == 'linf' else eps * math.sqrt(self.x[0].numel())
-        return pgd(self.encoder, self.x, self.target_key if targeted else self.clean_key, cosine_distance, eps=radius,
-                   steps=steps, norm=norm, random_start=False, targeted=targeted, mode='eval',
-                   constraints=[freeze_absent_persons], callback=callback)
+# %% ../nbs/08b_attack_explorer.ipynb #c2600242
+@patch
+def attack(self: AttackExplorer, eps: float, steps: int, goal: str, norm: str = 'l2', callback=None) -> torch.Tensor:
+    "The attacked batch `(1, C, T, V, M)` for these settings (what the widget shows)."
+    if goal == 'att-aug':
+        return att_aug(self.encoder, self.x, self.head, step_size=eps / steps, steps=steps, eps=eps, mode='eval', callback=callback)
+    targeted = goal == 'towards target'
+    radius = eps if norm == 'linf' else eps * math.sqrt(self.x[0].numel())
+    return pgd(self.encoder, self.x, self.target_key if targeted else self.clean_key, cosine_distance, eps=radius,
+               steps=steps, norm=norm, random_start=False, targeted=targeted, mode='eval',
+               constraints=[freeze_absent_persons], callback=callback)
 
-    def _similarities(self, xa):
-        with attack_guard(self.encoder, mode='eval'), torch.no_grad():
-            z = self.encoder(xa)
-            return F.cosine_similarity(z, self.clean_key).item(), F.cosine_similarity(z, self.target_key).item()
+@patch
+def _similarities(self: AttackExplorer, xa):
+    with attack_guard(self.encoder, mode='eval'), torch.no_grad():
+        z = self.encoder(xa)
+        return F.cosine_similarity(z, self.clean_key).item(), F.cosine_similarity(z, self.target_key).item()
 
-    def _run(self):
-        eps, steps, goal, norm = float(self.eps.value), int(self.steps.value), self.goal.value, self.norm.value
-        sims = []
-        self.x_adv = self.attack(eps, steps, goal, norm, callback=lambda s, xa: sims.append(self._similarities(xa)))
-        self.sim_clean, self.sim_target = [s[0] for s in sims], [s[1] for s in sims]
-        self.perturbation = (1e3 * (self.x_adv - self.x).norm(dim=1))[0].cpu()      # (T, V, M) millimetres
+@patch
+def _run(self: AttackExplorer):
+    eps, steps, goal, norm = float(self.eps.value), int(self.steps.value), self.goal.value, self.norm.value
+    sims = []
+    self.x_adv = self.attack(eps, steps, goal, norm, callback=lambda s, xa: sims.append(self._similarities(xa)))
+    self.sim_clean, self.sim_target = [s[0] for s in sims], [s[1] for s in sims]
+    self.perturbation = (1e3 * (self.x_adv - self.x).norm(dim=1))[0].cpu()      # (T, V, M) millimetres
 
-    def _clips(self): return {'original': self.x[0].cpu(), 'attacked': self.x_adv[0].cpu()}
+@patch
+def _clips(self: AttackExplorer): return {'original': self.x[0].cpu(), 'attacked': self.x_adv[0].cpu()}
 
-    def _show_status(self):
-        self.status.value = (f'<b>max |δ|</b> {self.perturbation.max():.3g} mm<br><b>mean |δ|</b> {self.perturbation.mean():.3g} mm'
-                             f'<br><b>cos to clean key</b> {self.sim_clean[-1]:.4f}<br><b>cos to target</b> {self.sim_target[-1]:.4f}')
+@patch
+def _show_status(self: AttackExplorer):
+    self.status.value = (f'<b>max |δ|</b> {self.perturbation.max():.3g} mm<br><b>mean |δ|</b> {self.perturbation.mean():.3g} mm'
+                         f'<br><b>cos to clean key</b> {self.sim_clean[-1]:.4f}<br><b>cos to target</b> {self.sim_target[-1]:.4f}')
 
-    def _on_change(self, change=None):
-        from skelnb.viz import SkeletonTraces
-        self.amplify_value = float(self.amplify.value)
-        self._run()
-        p = self.player
-        new = SkeletonTraces(self._clips(), self.layout, mode='overlay', amplify=self.amplify_value,
-                             joint_values={'attacked': self.perturbation}, values_name='|δ| (mm)', colorscale='Reds', cmin=0.0)
-        if len(new) != len(p.traces): raise RuntimeError('the attacked clip changed the number of drawn persons')
-        p.traces = new
-        with p.fig.batch_update():
-            p.fig.layout.coloraxis.cmax = new.cmax
-            p.show_frame(p.frame)
-        with self.sim_fig.batch_update():
-            self.sim_fig.data[0].y, self.sim_fig.data[1].y = self.sim_clean, self.sim_target
-        self._show_status()
+@patch
+def _on_change(self: AttackExplorer, change=None):
+    from skelnb.viz import SkeletonTraces
+    self.amplify_value = float(self.amplify.value)
+    self._run()
+    p = self.player
+    new = SkeletonTraces(self._clips(), self.layout, mode='overlay', amplify=self.amplify_value,
+                         joint_values={'attacked': self.perturbation}, values_name='|δ| (mm)', colorscale='Reds', cmin=0.0)
+    if len(new) != len(p.traces): raise RuntimeError('the attacked clip changed the number of drawn persons')
+    p.traces = new
+    with p.fig.batch_update():
+        p.fig.layout.coloraxis.cmax = new.cmax
+        p.show_frame(p.frame)
+    with self.sim_fig.batch_update():
+        self.sim_fig.data[0].y, self.sim_fig.data[1].y = self.sim_clean, self.sim_target
+    self._show_status()
 
-    def shown_perturbation(self, t: int | None = None) -> torch.Tensor:
-        "The per-joint colours of the attacked clip at frame `t` (default: the frame on display), `(V, persons)`."
-        t = self.player.frame if t is None else t
-        tr = self.player.traces
-        cols = [torch.tensor(tr.colors[i][t]) for i, s in enumerate(tr.specs) if s['kind'] == 'joints' and s['clip'] == 'attacked']
-        return torch.stack(cols, -1)
+# %% ../nbs/08b_attack_explorer.ipynb #91c85b98
+@patch
+def shown_perturbation(self: AttackExplorer, t: int | None = None) -> torch.Tensor:
+    "The per-joint colours of the attacked clip at frame `t` (default: the frame on display), `(V, persons)`."
+    t = self.player.frame if t is None else t
+    tr = self.player.traces
+    cols = [torch.tensor(tr.colors[i][t]) for i, s in enumerate(tr.specs) if s['kind'] == 'joints' and s['clip'] == 'attacked']
+    return torch.stack(cols, -1)
 
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
+@patch
+def _ipython_display_(self: AttackExplorer):
+    from IPython.display import display
+    display(self.widget)

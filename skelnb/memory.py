@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.distributed as dist
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['is_distributed', 'concat_all_gather', 'ring_write', 'MoCoQueue', 'MultiViewQueue', 'momentum_update',
@@ -242,60 +243,67 @@ class AdversarialBank(nn.Module):
         "Similarities of `q` to the column-normalised bank, divided by `temperature`."
         return q @ self.normalized / temperature
 
-    @torch.no_grad()
-    def loss_gradient(self, q: torch.Tensor,     # queries `(N, d)`, unit rows
-                      k_pos: torch.Tensor,       # positive keys `(N, d)`, unit rows
-                      reference: torch.Tensor | None = None, # normalised columns `(d, K)` for the softmax and the projection; None: the current bank
-                     ) -> tuple:                 # (dL/dW `(d, K)`, the loss L)
-        "Closed-form gradient of the batch-mean InfoNCE (temperature tau_m) with respect to `W` (the norm is always the current one)."
-        if q.ndim != 2 or q.shape[1] != self.dim or k_pos.shape != q.shape:
-            raise ValueError(f'q and k_pos must both be (N, {self.dim}); got {tuple(q.shape)} and {tuple(k_pos.shape)}')
-        q, k_pos = q.to(self.W), k_pos.to(self.W)   # the bank's device and dtype
-        D = self.normalized if reference is None else reference.to(self.W)
-        if D.shape != self.W.shape: raise ValueError(f'reference must be ({self.dim}, {self.size}), got {tuple(D.shape)}')
-        logits = torch.cat([(q * k_pos).sum(1, keepdim=True), q @ D], 1) / self.temperature
-        log_p = F.log_softmax(logits, 1)
-        p = log_p[:, 1:].exp()                                     # (N, K) probabilities of the negatives
-        N = q.shape[0]
-        a = q.t() @ p / N                                          # (d, K): 1/N sum_n p_nk q_n
-        grad = (a - (a * D).sum(0, keepdim=True) * D) / (self.temperature * self.W.norm(dim=0, keepdim=True))
-        return grad, -log_p[:, 0].mean()
+# %% ../nbs/07a_memory.ipynb #d74eefa7
+@patch
+@torch.no_grad()
+def loss_gradient(self: AdversarialBank, q: torch.Tensor,     # queries `(N, d)`, unit rows
+                  k_pos: torch.Tensor,       # positive keys `(N, d)`, unit rows
+                  reference: torch.Tensor | None = None, # normalised columns `(d, K)` for the softmax and the projection; None: the current bank
+                 ) -> tuple:                 # (dL/dW `(d, K)`, the loss L)
+    "Closed-form gradient of the batch-mean InfoNCE (temperature tau_m) with respect to `W` (the norm is always the current one)."
+    if q.ndim != 2 or q.shape[1] != self.dim or k_pos.shape != q.shape:
+        raise ValueError(f'q and k_pos must both be (N, {self.dim}); got {tuple(q.shape)} and {tuple(k_pos.shape)}')
+    q, k_pos = q.to(self.W), k_pos.to(self.W)   # the bank's device and dtype
+    D = self.normalized if reference is None else reference.to(self.W)
+    if D.shape != self.W.shape: raise ValueError(f'reference must be ({self.dim}, {self.size}), got {tuple(D.shape)}')
+    logits = torch.cat([(q * k_pos).sum(1, keepdim=True), q @ D], 1) / self.temperature
+    log_p = F.log_softmax(logits, 1)
+    p = log_p[:, 1:].exp()                                     # (N, K) probabilities of the negatives
+    N = q.shape[0]
+    a = q.t() @ p / N                                          # (d, K): 1/N sum_n p_nk q_n
+    grad = (a - (a * D).sum(0, keepdim=True) * D) / (self.temperature * self.W.norm(dim=0, keepdim=True))
+    return grad, -log_p[:, 0].mean()
 
-    @torch.no_grad()
-    def update(self, q: torch.Tensor,     # this process's queries `(N, d)` (gathered across processes)
-               k_pos: torch.Tensor,       # this process's positive keys `(N, d)`
-               reference: torch.Tensor | None = None, # see `loss_gradient`
-              ) -> torch.Tensor:          # the bank's loss before the step
-        "One AdCo ascent step: v <- momentum v - dL/dW + weight_decay W;  W <- W - lr v."
-        q, k_pos = concat_all_gather(q.detach()), concat_all_gather(k_pos.detach())
-        grad, loss = self.loss_gradient(q, k_pos, reference)
-        self.v.mul_(self.momentum).add_(-grad + self.weight_decay * self.W)
-        self.W.sub_(self.lr * self.v)
-        return loss
+@patch
+@torch.no_grad()
+def update(self: AdversarialBank, q: torch.Tensor,     # this process's queries `(N, d)` (gathered across processes)
+           k_pos: torch.Tensor,       # this process's positive keys `(N, d)`
+           reference: torch.Tensor | None = None, # see `loss_gradient`
+          ) -> torch.Tensor:          # the bank's loss before the step
+    "One AdCo ascent step: v <- momentum v - dL/dW + weight_decay W;  W <- W - lr v."
+    q, k_pos = concat_all_gather(q.detach()), concat_all_gather(k_pos.detach())
+    grad, loss = self.loss_gradient(q, k_pos, reference)
+    self.v.mul_(self.momentum).add_(-grad + self.weight_decay * self.W)
+    self.W.sub_(self.lr * self.v)
+    return loss
 
-    @torch.no_grad()
-    def update_many(self, pairs,              # [(queries, positive keys), ...]: one ascent step each, in order
-                    released: bool = True,    # False: every step re-reads the bank as it stands (plain sequential steps)
-                   ) -> list:                 # the bank's loss of each step
-        "Several ascent steps in one training step; as released, softmax and directions come from the bank before the first."
-        ref = self.normalized if released else None
-        return [self.update(q, k_pos, ref) for q, k_pos in pairs]
+@patch
+@torch.no_grad()
+def update_many(self: AdversarialBank, pairs,              # [(queries, positive keys), ...]: one ascent step each, in order
+                released: bool = True,    # False: every step re-reads the bank as it stands (plain sequential steps)
+               ) -> list:                 # the bank's loss of each step
+    "Several ascent steps in one training step; as released, softmax and directions come from the bank before the first."
+    ref = self.normalized if released else None
+    return [self.update(q, k_pos, ref) for q, k_pos in pairs]
 
-    @torch.no_grad()
-    def fill(self, keys: torch.Tensor,  # this process's keys `(B, d)` (gathered across processes, then normalised)
-            ) -> int:                   # number of columns written
-        "Warm-up: write keys into the next unfilled columns until all `size` are set (extra keys are dropped)."
-        if keys.ndim != 2 or keys.shape[1] != self.dim: raise ValueError(f'fill: keys must be (B, {self.dim}), got {tuple(keys.shape)}')
-        keys = F.normalize(concat_all_gather(keys.detach()), dim=1)
-        start = int(self.fill_ptr); n = min(keys.shape[0], self.size - start)
-        if n > 0: self.W[:, start:start + n] = keys[:n].t().to(self.W)
-        self.fill_ptr[0] = start + n
-        return n
+@patch
+@torch.no_grad()
+def fill(self: AdversarialBank, keys: torch.Tensor,  # this process's keys `(B, d)` (gathered across processes, then normalised)
+        ) -> int:                   # number of columns written
+    "Warm-up: write keys into the next unfilled columns until all `size` are set (extra keys are dropped)."
+    if keys.ndim != 2 or keys.shape[1] != self.dim: raise ValueError(f'fill: keys must be (B, {self.dim}), got {tuple(keys.shape)}')
+    keys = F.normalize(concat_all_gather(keys.detach()), dim=1)
+    start = int(self.fill_ptr); n = min(keys.shape[0], self.size - start)
+    if n > 0: self.W[:, start:start + n] = keys[:n].t().to(self.W)
+    self.fill_ptr[0] = start + n
+    return n
 
-    @property
-    def is_full(self) -> bool:
-        "True once `fill` has set every column."
-        return int(self.fill_ptr) >= self.size
+# %% ../nbs/07a_memory.ipynb #aee11bf0
+@patch(as_prop=True)
+def is_full(self: AdversarialBank) -> bool:
+    "True once `fill` has set every column."
+    return int(self.fill_ptr) >= self.size
 
-    def extra_repr(self): return (f'dim={self.dim}, size={self.size}, lr={self.lr}, momentum={self.momentum}, '
-                                  f'weight_decay={self.weight_decay}, temperature={self.temperature}, filled={int(self.fill_ptr)}')
+@patch
+def extra_repr(self: AdversarialBank): return (f'dim={self.dim}, size={self.size}, lr={self.lr}, momentum={self.momentum}, '
+                              f'weight_decay={self.weight_decay}, temperature={self.temperature}, filled={int(self.fill_ptr)}')

@@ -18,6 +18,7 @@ from .stgcn_kernels import (Conv2d, conv2d, graph_conv, graph_conv_reference, GR
                                            drop_add_relu, batch_norm_accurate, max_abs_diff)
 from ..checkpoint import load_upstream_checkpoint
 from einops import rearrange
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['STGCN_PRESETS', 'STGCN_OUTPUTS', 'stgcn_block_specs', 'GraphConvUnit', 'STGCNBlock', 'STGCNConfig', 'preset_config',
@@ -216,60 +217,68 @@ class STGCN(nn.Module):
         "The adjacency used by block `i`: `A` times its edge importance."
         return self.A if self.edge_importance is None else self.A * self.edge_importance[i]
 
-    def _trunk(self, x):
-        "Input BN and the blocks: `(N, C, T, V, M)` -> channels-last features `(N*M, T', V, C)`."
-        N, C, T, V, M = x.shape
-        h = rearrange(x, 'n c t v m -> (n m t) (v c)')
-        h = (batch_norm_accurate(self.data_bn, h) if self.config.accurate_bn_stats else self.data_bn(h)).view(N * M, T, V, C)
-        recompute = self.config.checkpoint_activations and self.training and torch.is_grad_enabled()
-        for i, block in enumerate(self.st_gcn_networks):
-            h = checkpointed(block, h, self.adjacency(i)) if recompute else block(h, self.adjacency(i))
-        return h
+# %% ../../nbs/06b_encoders.stgcn.ipynb #1ca55106
+@patch
+def _trunk(self: STGCN, x):
+    "Input BN and the blocks: `(N, C, T, V, M)` -> channels-last features `(N*M, T', V, C)`."
+    N, C, T, V, M = x.shape
+    h = rearrange(x, 'n c t v m -> (n m t) (v c)')
+    h = (batch_norm_accurate(self.data_bn, h) if self.config.accurate_bn_stats else self.data_bn(h)).view(N * M, T, V, C)
+    recompute = self.config.checkpoint_activations and self.training and torch.is_grad_enabled()
+    for i, block in enumerate(self.st_gcn_networks):
+        h = checkpointed(block, h, self.adjacency(i)) if recompute else block(h, self.adjacency(i))
+    return h
 
-    def person_features(self, x):
-        "Channels-last features of the distinct persons `(R, T', V, C)` and each person's row (`None`: one row each)."
-        self.check_input(x)
-        N, C, T, V, M = x.shape
-        if self.training or not self.config.share_absent_eval or M == 1: return self._trunk(x), None
-        persons = rearrange(x, 'n c t v m -> (n m) c t v')
-        present = persons.flatten(1).ne(0).any(1)
-        P = int(present.sum())
-        if N * M - P <= 1: return self._trunk(x), None
-        rows = torch.cat([persons[present], persons.new_zeros(1, C, T, V)])[..., None]   # the present ones + one absent
-        idx = torch.full((N * M,), P, dtype=torch.long, device=x.device)
-        idx[present] = torch.arange(P, device=x.device)
-        return self._trunk(rows), idx
+@patch
+def person_features(self: STGCN, x):
+    "Channels-last features of the distinct persons `(R, T', V, C)` and each person's row (`None`: one row each)."
+    self.check_input(x)
+    N, C, T, V, M = x.shape
+    if self.training or not self.config.share_absent_eval or M == 1: return self._trunk(x), None
+    persons = rearrange(x, 'n c t v m -> (n m) c t v')
+    present = persons.flatten(1).ne(0).any(1)
+    P = int(present.sum())
+    if N * M - P <= 1: return self._trunk(x), None
+    rows = torch.cat([persons[present], persons.new_zeros(1, C, T, V)])[..., None]   # the present ones + one absent
+    idx = torch.full((N * M,), P, dtype=torch.long, device=x.device)
+    idx[present] = torch.arange(P, device=x.device)
+    return self._trunk(rows), idx
 
-    def features_cl(self, x):
-        "Final features in channels-last memory `(N*M, T', V, C)`."
-        h, idx = self.person_features(x)
-        return h if idx is None else h[idx]
+@patch
+def features_cl(self: STGCN, x):
+    "Final features in channels-last memory `(N*M, T', V, C)`."
+    h, idx = self.person_features(x)
+    return h if idx is None else h[idx]
 
-    def feature_map(self, x):
-        "Final feature map `(N*M, C, T', V)` before pooling (upstream layout; a view of channels-last memory)."
-        return self.features_cl(x).permute(0, 3, 1, 2)
+@patch
+def feature_map(self: STGCN, x):
+    "Final feature map `(N*M, C, T', V)` before pooling (upstream layout; a view of channels-last memory)."
+    return self.features_cl(x).permute(0, 3, 1, 2)
 
-    def pool(self, fmap,            # `(N*M, C, T', V)` feature map
-             num_persons: int = 2,  # M
-            ):
-        "Average over time, joints and persons (the absent, all-zero person included, as upstream) -> `(N, C)`."
-        tokens = rearrange(fmap, 'b c t v -> b (t v) c')   # a view for channels-last maps; keeps gradients channels-last
-        return tokens.mean(1).view(-1, num_persons, fmap.shape[1]).mean(1)
+@patch
+def pool(self: STGCN, fmap,            # `(N*M, C, T', V)` feature map
+         num_persons: int = 2,  # M
+        ):
+    "Average over time, joints and persons (the absent, all-zero person included, as upstream) -> `(N, C)`."
+    tokens = rearrange(fmap, 'b c t v -> b (t v) c')   # a view for channels-last maps; keeps gradients channels-last
+    return tokens.mean(1).view(-1, num_persons, fmap.shape[1]).mean(1)
 
-    def forward(self, x,              # batch `(N, C, T, V, M)`
-                output: str = 'head', # 'head', 'pooled' (the `hidden_dim` feature), 'map' or 'all' (a dict of the three)
-               ):
-        "Encode a batch."
-        if output not in STGCN_OUTPUTS: raise ValueError(f'output must be one of {STGCN_OUTPUTS}, got {output!r}')
-        if output == 'map': return self.feature_map(x)
-        h, idx = self.person_features(x)
-        per_person = h.flatten(1, 2).mean(1)                 # (R, C): average over time and joints
-        if idx is not None: per_person = per_person[idx]
-        pooled = per_person.view(x.shape[0], x.shape[-1], -1).mean(1)   # then over persons, the absent ones included
-        if output == 'pooled': return pooled
-        out = self.fc(pooled)
-        if output == 'head': return out
-        return dict(map=(h if idx is None else h[idx]).permute(0, 3, 1, 2), pooled=pooled, head=out)
+# %% ../../nbs/06b_encoders.stgcn.ipynb #8f50cfde
+@patch
+def forward(self: STGCN, x,              # batch `(N, C, T, V, M)`
+            output: str = 'head', # 'head', 'pooled' (the `hidden_dim` feature), 'map' or 'all' (a dict of the three)
+           ):
+    "Encode a batch."
+    if output not in STGCN_OUTPUTS: raise ValueError(f'output must be one of {STGCN_OUTPUTS}, got {output!r}')
+    if output == 'map': return self.feature_map(x)
+    h, idx = self.person_features(x)
+    per_person = h.flatten(1, 2).mean(1)                 # (R, C): average over time and joints
+    if idx is not None: per_person = per_person[idx]
+    pooled = per_person.view(x.shape[0], x.shape[-1], -1).mean(1)   # then over persons, the absent ones included
+    if output == 'pooled': return pooled
+    out = self.fc(pooled)
+    if output == 'head': return out
+    return dict(map=(h if idx is None else h[idx]).permute(0, 3, 1, 2), pooled=pooled, head=out)
 
 # %% ../../nbs/06b_encoders.stgcn.ipynb #78283384
 def count_parameters(module: nn.Module, # any module

@@ -66,61 +66,67 @@ class A2MCConfig(ContrastConfig):
     nce_weight: float = 1.0
     mix_weight: float = 1.0
 
-    def check(self):
-        super().check()
-        def check(ok, name, msg):
-            if not ok: raise ValueError(f'A2MCConfig.{name}={getattr(self, name)!r}: {msg}')
-        check(self.backbone in BACKBONES, 'backbone', f'expected one of {BACKBONES}')
-        presets = SCDNET_PRESETS if self.backbone == 'scdnet' else STGCN_PRESETS
-        check(self.encoder in presets, 'encoder', f'not a {self.backbone} preset; known: {sorted(presets)}')
-        check(isinstance(self.encoder_overrides, dict), 'encoder_overrides', 'expected a dict')
-        owned = sorted(set(self.encoder_overrides) & set(_OWNED[self.backbone]))
-        check(not owned, 'encoder_overrides', f'{owned} are set by A2MCConfig (frames, persons, feature_dim, layout)')
-        check(self.stream in STREAMS, 'stream', f'expected one of {STREAMS}')
-        try: V = get_layout(self.layout).num_joints
-        except (KeyError, ValueError) as e: check(False, 'layout', str(e))
-        for name in ('frames', 'persons', 'min_crop', 'bank_size', 'attack_classes'):
-            check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, 'must be an integer >= 1')
-        check(self.temporal_chunk is None or (isinstance(self.temporal_chunk, int) and self.temporal_chunk >= 1), 'temporal_chunk', 'must be None or an integer >= 1')
-        check(self.frames // self.mask_chunk >= 6, 'frames', f'the temporal mask zeroes 6 chunks of {self.mask_chunk} frames: needs frames >= {6 * self.mask_chunk}')
-        self.crop_scale = tuple(float(s) for s in self.crop_scale)
-        check(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, 'crop_scale', 'expected (low, high) with 0 < low <= high <= 1')
-        check(0 < self.eval_ratio <= 1, 'eval_ratio', 'must be in (0, 1]')
-        for name in ('bank_temperature', 'bank_lr'): check(getattr(self, name) > 0, name, 'must be > 0')
-        for name in ('bank_momentum', 'pos_ratio', 'neg_ratio'): check(0 <= getattr(self, name) <= 1, name, 'must be in [0, 1]')
-        for name in ('bank_weight_decay', 'nce_weight', 'mix_weight'): check(getattr(self, name) >= 0, name, 'must be >= 0')
-        check(self.nce_weight > 0 or self.mix_weight > 0, 'nce_weight', 'nce_weight and mix_weight cannot both be 0')
-        check(self.pnm_mode in PNM_MODES, 'pnm_mode', f'expected one of {PNM_MODES}')
-        if isinstance(self.att_aug, dict):
-            bad = sorted(set(self.att_aug) - {f.name for f in fields(AttAugConfig)})
-            check(not bad, 'att_aug', f'unknown AttAugConfig fields {bad}')
-            self.att_aug = replace(AttAugConfig.a2mc(), **self.att_aug)
-        check(isinstance(self.att_aug, AttAugConfig), 'att_aug', 'expected an AttAugConfig or a dict of its fields')
-        a = self.att_aug
-        check(a.steps >= 1 and a.step_size >= 0, 'att_aug', 'needs steps >= 1 and step_size >= 0')
-        check(a.update in ('adam', 'sign') and a.mode in ('keep', 'train', 'eval'), 'att_aug', "update must be 'adam' or 'sign', mode 'keep', 'train' or 'eval'")
-        check(a.eps is None or a.eps >= 0, 'att_aug', 'eps must be None or >= 0')
-        check(a.joint_weights != 'a2mc' or V == 25, 'att_aug', f"joint_weights='a2mc' needs 25 joints, layout {self.layout!r} has {V}")
+# %% ../../nbs/10d_methods.a2mc.ipynb #cd44ffc9
+@patch
+def check(self: A2MCConfig):
+    "Raise a clear error naming the field unless every value is usable (after the shared fields' checks)."
+    ContrastConfig.check(self)
+    def check(ok, name, msg):
+        if not ok: raise ValueError(f'A2MCConfig.{name}={getattr(self, name)!r}: {msg}')
+    check(self.backbone in BACKBONES, 'backbone', f'expected one of {BACKBONES}')
+    presets = SCDNET_PRESETS if self.backbone == 'scdnet' else STGCN_PRESETS
+    check(self.encoder in presets, 'encoder', f'not a {self.backbone} preset; known: {sorted(presets)}')
+    check(isinstance(self.encoder_overrides, dict), 'encoder_overrides', 'expected a dict')
+    owned = sorted(set(self.encoder_overrides) & set(_OWNED[self.backbone]))
+    check(not owned, 'encoder_overrides', f'{owned} are set by A2MCConfig (frames, persons, feature_dim, layout)')
+    check(self.stream in STREAMS, 'stream', f'expected one of {STREAMS}')
+    try: V = get_layout(self.layout).num_joints
+    except (KeyError, ValueError) as e: check(False, 'layout', str(e))
+    for name in ('frames', 'persons', 'min_crop', 'bank_size', 'attack_classes'):
+        check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, 'must be an integer >= 1')
+    check(self.temporal_chunk is None or (isinstance(self.temporal_chunk, int) and self.temporal_chunk >= 1), 'temporal_chunk', 'must be None or an integer >= 1')
+    check(self.frames // self.mask_chunk >= 6, 'frames', f'the temporal mask zeroes 6 chunks of {self.mask_chunk} frames: needs frames >= {6 * self.mask_chunk}')
+    self.crop_scale = tuple(float(s) for s in self.crop_scale)
+    check(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, 'crop_scale', 'expected (low, high) with 0 < low <= high <= 1')
+    check(0 < self.eval_ratio <= 1, 'eval_ratio', 'must be in (0, 1]')
+    for name in ('bank_temperature', 'bank_lr'): check(getattr(self, name) > 0, name, 'must be > 0')
+    for name in ('bank_momentum', 'pos_ratio', 'neg_ratio'): check(0 <= getattr(self, name) <= 1, name, 'must be in [0, 1]')
+    for name in ('bank_weight_decay', 'nce_weight', 'mix_weight'): check(getattr(self, name) >= 0, name, 'must be >= 0')
+    check(self.nce_weight > 0 or self.mix_weight > 0, 'nce_weight', 'nce_weight and mix_weight cannot both be 0')
+    check(self.pnm_mode in PNM_MODES, 'pnm_mode', f'expected one of {PNM_MODES}')
+    if isinstance(self.att_aug, dict):
+        bad = sorted(set(self.att_aug) - {f.name for f in fields(AttAugConfig)})
+        check(not bad, 'att_aug', f'unknown AttAugConfig fields {bad}')
+        self.att_aug = replace(AttAugConfig.a2mc(), **self.att_aug)
+    check(isinstance(self.att_aug, AttAugConfig), 'att_aug', 'expected an AttAugConfig or a dict of its fields')
+    a = self.att_aug
+    check(a.steps >= 1 and a.step_size >= 0, 'att_aug', 'needs steps >= 1 and step_size >= 0')
+    check(a.update in ('adam', 'sign') and a.mode in ('keep', 'train', 'eval'), 'att_aug', "update must be 'adam' or 'sign', mode 'keep', 'train' or 'eval'")
+    check(a.eps is None or a.eps >= 0, 'att_aug', 'eps must be None or >= 0')
+    check(a.joint_weights != 'a2mc' or V == 25, 'att_aug', f"joint_weights='a2mc' needs 25 joints, layout {self.layout!r} has {V}")
 
-    @property
-    def num_joints(self) -> int: return get_layout(self.layout).num_joints
+# %% ../../nbs/10d_methods.a2mc.ipynb #bb9dcfd0
+@patch(as_prop=True)
+def num_joints(self: A2MCConfig) -> int: return get_layout(self.layout).num_joints
 
-    @property
-    def mask_chunk(self) -> int:
-        "Frames per chunk of the temporal mask."
-        return self.temporal_chunk or max(self.frames // 16, 1)
+@patch(as_prop=True)
+def mask_chunk(self: A2MCConfig) -> int:
+    "Frames per chunk of the temporal mask."
+    return self.temporal_chunk or max(self.frames // 16, 1)
 
-    def view_pipeline(self) -> Compose:
-        "The pretraining view: `a2mc_view` with the temporal-mask chunk scaled to `frames` (16 chunks, as 4 of 64)."
-        view = a2mc_view(self.stream, self.frames, self.crop_scale, self.min_crop, self.layout)
-        return Compose([replace(s, chunk=self.mask_chunk) if isinstance(s, TemporalMask) else s for s in view.steps], view.name)
+@patch
+def view_pipeline(self: A2MCConfig) -> Compose:
+    "The pretraining view: `a2mc_view` with the temporal-mask chunk scaled to `frames` (16 chunks, as 4 of 64)."
+    view = a2mc_view(self.stream, self.frames, self.crop_scale, self.min_crop, self.layout)
+    return Compose([replace(s, chunk=self.mask_chunk) if isinstance(s, TemporalMask) else s for s in view.steps], view.name)
 
-    def encoder_config(self):
-        "The `SCDNetConfig` or `STGCNConfig` of the query and key encoders."
-        if self.backbone == 'scdnet':
-            return get_scdnet_config(self.encoder, num_frames=self.frames, num_persons=self.persons, feature_dim=self.feature_dim, in_channels=self.in_channels,
-                                     layout=self.layout, num_joints=self.num_joints, **self.encoder_overrides)
-        return get_stgcn_config(self.encoder, layout=self.layout, head='none', in_channels=self.in_channels, **self.encoder_overrides)
+@patch
+def encoder_config(self: A2MCConfig):
+    "The `SCDNetConfig` or `STGCNConfig` of the query and key encoders."
+    if self.backbone == 'scdnet':
+        return get_scdnet_config(self.encoder, num_frames=self.frames, num_persons=self.persons, feature_dim=self.feature_dim, in_channels=self.in_channels,
+                                 layout=self.layout, num_joints=self.num_joints, **self.encoder_overrides)
+    return get_stgcn_config(self.encoder, layout=self.layout, head='none', in_channels=self.in_channels, **self.encoder_overrides)
 
 # %% ../../nbs/10d_methods.a2mc.ipynb #14e72179
 A2MC_PRESETS = {

@@ -15,6 +15,7 @@ from ..augment.presets import normal_view
 from ..encoders.stgcn import STGCN, get_stgcn_config, upstream_init_
 from ..memory import MoCoQueue, momentum_update, cosine_momentum
 from ..losses import info_nce
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'MOMENTUM_SCHEDULES', 'METHODS', 'SSLMethod', 'check_field', 'ContrastConfig', 'MoCoConfig',
@@ -269,37 +270,44 @@ class MoCo(Contrastive):
         if self.config.momentum_schedule == 'constant': return self.config.momentum
         return self.momentum_at(int(self.ema_step), int(self.ema_total))
 
-    def after_optimizer_step(self, step: int, total_steps: int | None = None) -> None:
-        "Advance the cosine schedule's position (the EMA step itself comes right before the next keys)."
-        if self.config.momentum_schedule == 'cosine':
-            self.ema_step.fill_(step + 1); self.ema_total.fill_(total_steps or 0)
+# %% ../../nbs/10_methods.core.ipynb #dcec039b
+@patch
+def after_optimizer_step(self: MoCo, step: int, total_steps: int | None = None) -> None:
+    "Advance the cosine schedule's position (the EMA step itself comes right before the next keys)."
+    if self.config.momentum_schedule == 'cosine':
+        self.ema_step.fill_(step + 1); self.ema_total.fill_(total_steps or 0)
 
-    def key(self, x_k) -> torch.Tensor:
-        "Unit key embeddings of an augmented view; the key encoder takes its EMA step first, without gradient."
-        with torch.no_grad():
-            momentum_update(self.encoder_k, self.encoder_q, self.key_momentum())
-            return _unit(self.encoder_k(self.stream(x_k)))
+@patch
+def key(self: MoCo, x_k) -> torch.Tensor:
+    "Unit key embeddings of an augmented view; the key encoder takes its EMA step first, without gradient."
+    with torch.no_grad():
+        momentum_update(self.encoder_k, self.encoder_q, self.key_momentum())
+        return _unit(self.encoder_k(self.stream(x_k)))
 
-    def embed(self, x_q, x_k) -> tuple:
-        "Unit query and key embeddings of two augmented views (query first, then the EMA step and the key)."
-        return _unit(self.encoder_q(self.stream(x_q))), self.key(x_k)
+@patch
+def embed(self: MoCo, x_q, x_k) -> tuple:
+    "Unit query and key embeddings of two augmented views (query first, then the EMA step and the key)."
+    return _unit(self.encoder_q(self.stream(x_q))), self.key(x_k)
 
-    def contrast(self, q, k) -> dict:
-        "InfoNCE of queries against their keys and the queue, the share of queries whose key wins; then enqueue the keys."
-        negatives = self.queue.negatives.clone()       # the enqueue below writes in place
-        loss = info_nce(q, k, negatives, self.config.temperature)
-        with torch.no_grad(): top1 = ((q * k).sum(1) > (q @ negatives.t()).max(1).values).float().mean()
-        self.queue.enqueue(k)
-        return {'loss': loss, 'top1': top1}
+@patch
+def contrast(self: MoCo, q, k) -> dict:
+    "InfoNCE of queries against their keys and the queue, the share of queries whose key wins; then enqueue the keys."
+    negatives = self.queue.negatives.clone()       # the enqueue below writes in place
+    loss = info_nce(q, k, negatives, self.config.temperature)
+    with torch.no_grad(): top1 = ((q * k).sum(1) > (q @ negatives.t()).max(1).values).float().mean()
+    self.queue.enqueue(k)
+    return {'loss': loss, 'top1': top1}
 
-    def training_step(self, batch: dict, epoch: int) -> dict:
-        x = self.check_input(batch['x'])
-        x_q, x_k = self.augmented(x, self.augment, 2, batch.get('length'))
-        return self.contrast(*self.embed(x_q, x_k))
+@patch
+def training_step(self: MoCo, batch: dict, epoch: int) -> dict:
+    x = self.check_input(batch['x'])
+    x_q, x_k = self.augmented(x, self.augment, 2, batch.get('length'))
+    return self.contrast(*self.embed(x_q, x_k))
 
-    def encode(self, x) -> torch.Tensor:
-        "Pooled `hidden_dim` features of the query backbone for raw joint clips (the stream is computed here)."
-        return self.encoder_q(self.stream(self.check_input(x)), output='pooled')
+@patch
+def encode(self: MoCo, x) -> torch.Tensor:
+    "Pooled `hidden_dim` features of the query backbone for raw joint clips (the stream is computed here)."
+    return self.encoder_q(self.stream(self.check_input(x)), output='pooled')
 
 # %% ../../nbs/10_methods.core.ipynb #15f3dcc1
 METHODS = {}   # name -> method class, filled by `register_method`

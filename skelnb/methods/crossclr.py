@@ -12,6 +12,7 @@ from ..memory import MultiViewQueue, momentum_update
 from ..losses import info_nce, crossclr_loss
 from .core import MoCo, MoCoConfig, register_method, check_field, stgcn_for, key_encoder, headless, upstream_init_, normal_view, _unit
 from ..encoders.stgcn import STGCN
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['CROSSCLR_PRESETS', 'CROSSCLR_TRAIN_RECIPES', 'CrosSCLRConfig', 'CrosSCLR']
@@ -97,56 +98,63 @@ class CrosSCLR(MoCo):
         "The first stream's query ST-GCN without its projector (shares its parameters)."
         return headless(self.encoders(self.config.views[0])[0])
 
-    @property
-    def backbones(self) -> dict:
-        "Every stream's headless query ST-GCN."
-        return {v: headless(self.encoders(v)[0]) for v in self.config.views}
+# %% ../../nbs/10b_methods.crossclr.ipynb #227862fa
+@patch(as_prop=True)
+def backbones(self: CrosSCLR) -> dict:
+    "Every stream's headless query ST-GCN."
+    return {v: headless(self.encoders(v)[0]) for v in self.config.views}
 
-    def cross_phase(self, epoch: int) -> bool:
-        "Whether CVC-KM is on at (0-based) `epoch`."
-        return epoch >= self.config.switch_epoch
+@patch
+def cross_phase(self: CrosSCLR, epoch: int) -> bool:
+    "Whether CVC-KM is on at (0-based) `epoch`."
+    return epoch >= self.config.switch_epoch
 
-    def embed(self, x_q, x_k, cross: bool = False) -> tuple:
-        "Per-stream unit queries and keys `({view: q}, {view: k})`; every key encoder's EMA step comes before any key."
-        c = self.config
-        qs = {v: _unit(self.encoders(v)[0](to_stream(x_q, v, c.layout))) for v in c.views}
-        with torch.no_grad():
-            for v in c.views:   # all EMA steps first, then all keys (upstream order; it matters when heads are shared)
-                enc_q, enc_k = self.encoders(v)
-                if not (cross and c.key_update_quirk and v != 'motion'): momentum_update(enc_k, enc_q, self.key_momentum())
-            ks = {v: _unit(self.encoders(v)[1](to_stream(x_k, v, c.layout))) for v in c.views}
-        return qs, ks
+@patch
+def embed(self: CrosSCLR, x_q, x_k, cross: bool = False) -> tuple:
+    "Per-stream unit queries and keys `({view: q}, {view: k})`; every key encoder's EMA step comes before any key."
+    c = self.config
+    qs = {v: _unit(self.encoders(v)[0](to_stream(x_q, v, c.layout))) for v in c.views}
+    with torch.no_grad():
+        for v in c.views:   # all EMA steps first, then all keys (upstream order; it matters when heads are shared)
+            enc_q, enc_k = self.encoders(v)
+            if not (cross and c.key_update_quirk and v != 'motion'): momentum_update(enc_k, enc_q, self.key_momentum())
+        ks = {v: _unit(self.encoders(v)[1](to_stream(x_k, v, c.layout))) for v in c.views}
+    return qs, ks
 
-    def training_step(self, batch: dict, epoch: int) -> dict:
-        c = self.config
-        x = self.check_input(batch['x'])
-        cross = self.cross_phase(epoch)
-        x_q, x_k = self.augmented(x, self.augment, 2, batch.get('length'))
-        qs, ks = self.embed(x_q, x_k, cross)
-        negs = {v: self.queue.negatives(v).clone() for v in c.views}   # the enqueue below writes in place
-        out = {}
-        if cross:
-            loss = crossclr_loss([qs[v] for v in c.views], [ks[v] for v in c.views], [negs[v] for v in c.views],
-                                 c.topk, c.temperature, c.context)
-        else:
-            for v in c.views: out[f'nce_{v}'] = info_nce(qs[v], ks[v], negs[v], c.temperature)
-            loss = sum(out.values())
-        self.queue.enqueue(ks)
-        return {'loss': loss, **out, 'cross': float(cross)}
+@patch
+def training_step(self: CrosSCLR, batch: dict, epoch: int) -> dict:
+    c = self.config
+    x = self.check_input(batch['x'])
+    cross = self.cross_phase(epoch)
+    x_q, x_k = self.augmented(x, self.augment, 2, batch.get('length'))
+    qs, ks = self.embed(x_q, x_k, cross)
+    negs = {v: self.queue.negatives(v).clone() for v in c.views}   # the enqueue below writes in place
+    out = {}
+    if cross:
+        loss = crossclr_loss([qs[v] for v in c.views], [ks[v] for v in c.views], [negs[v] for v in c.views],
+                             c.topk, c.temperature, c.context)
+    else:
+        for v in c.views: out[f'nce_{v}'] = info_nce(qs[v], ks[v], negs[v], c.temperature)
+        loss = sum(out.values())
+    self.queue.enqueue(ks)
+    return {'loss': loss, **out, 'cross': float(cross)}
 
-    def encode(self, x) -> torch.Tensor:
-        "Pooled query-backbone features of raw joint clips: every stream concatenated (`encode_view='all'`) or one stream."
-        c = self.config
-        x = self.check_input(x)
-        views = c.views if c.encode_view == 'all' else (c.encode_view,)
-        return torch.cat([self.encoders(v)[0](to_stream(x, v, c.layout), output='pooled') for v in views], 1)
+@patch
+def encode(self: CrosSCLR, x) -> torch.Tensor:
+    "Pooled query-backbone features of raw joint clips: every stream concatenated (`encode_view='all'`) or one stream."
+    c = self.config
+    x = self.check_input(x)
+    views = c.views if c.encode_view == 'all' else (c.encode_view,)
+    return torch.cat([self.encoders(v)[0](to_stream(x, v, c.layout), output='pooled') for v in views], 1)
 
-    def load_upstream(self, state_dict: dict) -> 'CrosSCLR':
-        "Load an upstream CrosSCLR checkpoint (`encoder_q*`, `encoder_k*`, `queue`, `queue_<stream>`, pointers)."
-        sd = {(k[7:] if k.startswith('module.') else k): v for k, v in state_dict.items()}
-        enc = {k: v for k, v in sd.items() if k.startswith('encoder_')}
-        missing, unexpected = self.load_state_dict(enc, strict=False)
-        missing = [k for k in missing if not k.startswith('queue.')]
-        if missing or unexpected: raise KeyError(f'upstream CrosSCLR checkpoint does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}')
-        self.queue.load_upstream(sd)
-        return self
+# %% ../../nbs/10b_methods.crossclr.ipynb #46d20536
+@patch
+def load_upstream(self: CrosSCLR, state_dict: dict) -> 'CrosSCLR':
+    "Load an upstream CrosSCLR checkpoint (`encoder_q*`, `encoder_k*`, `queue`, `queue_<stream>`, pointers)."
+    sd = {(k[7:] if k.startswith('module.') else k): v for k, v in state_dict.items()}
+    enc = {k: v for k, v in sd.items() if k.startswith('encoder_')}
+    missing, unexpected = self.load_state_dict(enc, strict=False)
+    missing = [k for k in missing if not k.startswith('queue.')]
+    if missing or unexpected: raise KeyError(f'upstream CrosSCLR checkpoint does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}')
+    self.queue.load_upstream(sd)
+    return self

@@ -17,6 +17,7 @@ from ..encoders.necks import AttentionMaskNeck, skeattnclr_projector, skeattnclr
 from ..memory import MoCoQueue, momentum_update, cosine_momentum, init_momentum_encoder
 from ..losses import skeattnclr_losses
 from .core import SCHEDULES, MoCoConfig, Contrastive, register_method
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['SKEATTNCLR_PRESETS', 'SKEATTNCLR_TRAIN_RECIPES', 'SkeAttnCLRConfig', 'SkeAttnEncoder', 'SkeAttnCLR']
@@ -146,51 +147,58 @@ class SkeAttnCLR(Contrastive):
         "The configured stream of `x`."
         return to_stream(x, self.config.stream, self.config.layout)
 
-    def check_input(self, x):
-        "Raise a clear error unless `x` is a raw batch this config trains on."
-        cfg = self.config
-        if not torch.is_tensor(x) or x.dim() != 5 or x.shape[1] != cfg.in_channels or x.shape[2] != cfg.frames:
-            raise ValueError(f"batch['x'] must be (N, {cfg.in_channels}, frames={cfg.frames}, V, M) for this config, "
-                             f'got {tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}')
-        if x.shape[0] < 2: raise ValueError(f'SkeAttnCLR needs at least 2 clips per batch (the part swap pairs clips), got {x.shape[0]}')
+# %% ../../nbs/10e_methods.skeattnclr.ipynb #e629df14
+@patch
+def check_input(self: SkeAttnCLR, x):
+    "Raise a clear error unless `x` is a raw batch this config trains on."
+    cfg = self.config
+    if not torch.is_tensor(x) or x.dim() != 5 or x.shape[1] != cfg.in_channels or x.shape[2] != cfg.frames:
+        raise ValueError(f"batch['x'] must be (N, {cfg.in_channels}, frames={cfg.frames}, V, M) for this config, "
+                         f'got {tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}')
+    if x.shape[0] < 2: raise ValueError(f'SkeAttnCLR needs at least 2 clips per batch (the part swap pairs clips), got {x.shape[0]}')
 
-    def views(self, x,   # raw joints `(N, C, T, V, M)`
-             ) -> dict:  # x_q, x_k (augmented joints), x_mix (x_q with a block swapped in), region `(N, T, V)`
-        "The two augmented views and the part-swapped query, drawn from the method's generator on x's device."
-        cfg, g = self.config, self.rng(x.device)
-        x_q, x_k = self.augment(x, g), self.augment(x, g)
-        x_mix, region = part_swap(x_q, g, cfg.layout, cfg.swap_parts, cfg.swap_chunks, cfg.swap_chunk, cfg.swap_shared)
-        return dict(x_q=x_q, x_k=x_k, x_mix=x_mix, region=region)
+@patch
+def views(self: SkeAttnCLR, x,   # raw joints `(N, C, T, V, M)`
+         ) -> dict:  # x_q, x_k (augmented joints), x_mix (x_q with a block swapped in), region `(N, T, V)`
+    "The two augmented views and the part-swapped query, drawn from the method's generator on x's device."
+    cfg, g = self.config, self.rng(x.device)
+    x_q, x_k = self.augment(x, g), self.augment(x, g)
+    x_mix, region = part_swap(x_q, g, cfg.layout, cfg.swap_parts, cfg.swap_chunks, cfg.swap_chunk, cfg.swap_shared)
+    return dict(x_q=x_q, x_k=x_k, x_mix=x_mix, region=region)
 
-    def embed(self, x_q, x_k, x_mix, # stream batches `(N, C, T, V, M)`
-             ) -> dict:              # unit rows q_z, q_s, q_ns (with gradient), k_z, k_s, k_ns (without); mask
-        "Query global from x_q, query local from x_mix with its own mask, keys from x_k pooled with the query's mask."
-        q = self.encoder_q(x_q)
-        loc = self.encoder_q(x_mix, global_=False)
-        with torch.no_grad():
-            k = self.encoder_k(x_k, mask=loc['mask'].detach())
-        n = lambda t: F.normalize(t, dim=1)
-        return dict(q_z=n(self.predictor(q['z'])), q_s=n(self.predictor_s(loc['z_s'])), q_ns=n(self.predictor_ns(loc['z_ns'])),
-                    k_z=n(k['z']), k_s=n(k['z_s']), k_ns=n(k['z_ns']), mask=loc['mask'])
+@patch
+def embed(self: SkeAttnCLR, x_q, x_k, x_mix, # stream batches `(N, C, T, V, M)`
+         ) -> dict:              # unit rows q_z, q_s, q_ns (with gradient), k_z, k_s, k_ns (without); mask
+    "Query global from x_q, query local from x_mix with its own mask, keys from x_k pooled with the query's mask."
+    q = self.encoder_q(x_q)
+    loc = self.encoder_q(x_mix, global_=False)
+    with torch.no_grad():
+        k = self.encoder_k(x_k, mask=loc['mask'].detach())
+    n = lambda t: F.normalize(t, dim=1)
+    return dict(q_z=n(self.predictor(q['z'])), q_s=n(self.predictor_s(loc['z_s'])), q_ns=n(self.predictor_ns(loc['z_ns'])),
+                k_z=n(k['z']), k_s=n(k['z_s']), k_ns=n(k['z_ns']), mask=loc['mask'])
 
-    def training_step(self, batch: dict, epoch: int) -> dict:
-        "Views, embeddings, the three InfoNCE terms against the queue of global keys; then enqueue the global keys."
-        cfg, x = self.config, batch['x']
-        self.check_input(x)
-        v = self.views(x)
-        e = self.embed(self.stream(v['x_q']), self.stream(v['x_k']), self.stream(v['x_mix']))
-        out = skeattnclr_losses(e['q_z'], e['k_z'], e['q_s'], e['k_s'], e['q_ns'], e['k_ns'],
-                                self.queue.negatives.clone(), cfg.temperature, cfg.mu)   # a copy: enqueue writes in place
-        self.queue.enqueue(e['k_z'])
-        out['mask_mean'] = e['mask'].detach().mean()
-        return out
+@patch
+def training_step(self: SkeAttnCLR, batch: dict, epoch: int) -> dict:
+    "Views, embeddings, the three InfoNCE terms against the queue of global keys; then enqueue the global keys."
+    cfg, x = self.config, batch['x']
+    self.check_input(x)
+    v = self.views(x)
+    e = self.embed(self.stream(v['x_q']), self.stream(v['x_k']), self.stream(v['x_mix']))
+    out = skeattnclr_losses(e['q_z'], e['k_z'], e['q_s'], e['k_s'], e['q_ns'], e['k_ns'],
+                            self.queue.negatives.clone(), cfg.temperature, cfg.mu)   # a copy: enqueue writes in place
+    self.queue.enqueue(e['k_z'])
+    out['mask_mean'] = e['mask'].detach().mean()
+    return out
 
-    def after_optimizer_step(self, step: int, total_steps: int | None) -> None:
-        "EMA of the key side with the momentum of optimizer step `step` (the cosine schedule; its start without a total)."
-        m = self.momentum_at(step, total_steps)
-        momentum_update(self.encoder_k, self.encoder_q, m, include_buffers=self.config.ema_buffers)
-        self.last_momentum = m
+@patch
+def after_optimizer_step(self: SkeAttnCLR, step: int, total_steps: int | None) -> None:
+    "EMA of the key side with the momentum of optimizer step `step` (the cosine schedule; its start without a total)."
+    m = self.momentum_at(step, total_steps)
+    momentum_update(self.encoder_k, self.encoder_q, m, include_buffers=self.config.ema_buffers)
+    self.last_momentum = m
 
-    def encode(self, x): # raw joints `(N, C, T, V, M)`
-        "Pooled query-backbone features `(N, hidden_dim)` of raw joint clips (stream conversion included)."
-        return self.backbone(self.stream(x), output='pooled')
+@patch
+def encode(self: SkeAttnCLR, x): # raw joints `(N, C, T, V, M)`
+    "Pooled query-backbone features `(N, hidden_dim)` of raw joint clips (stream conversion included)."
+    return self.backbone(self.stream(x), output='pooled')
