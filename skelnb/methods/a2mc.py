@@ -112,7 +112,7 @@ class A2MCConfig(ContrastConfig):
 
     def view_pipeline(self) -> Compose:
         "The pretraining view: `a2mc_view` with the temporal-mask chunk scaled to `frames` (16 chunks, as 4 of 64)."
-        view = a2mc_view(self.stream, self.frames, self.crop_scale, self.min_crop, self.layout)
+        view = a2mc_view(self.stream, self.frames, self.crop_scale, self.min_crop, self.layout, coords=self.coords)
         return Compose([replace(s, chunk=self.mask_chunk) if isinstance(s, TemporalMask) else s for s in view.steps], view.name)
 
     def encoder_config(self):
