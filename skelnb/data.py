@@ -814,7 +814,7 @@ def dataset_summary(root) -> str:
     for c, n in enumerate(names):
         rows.append(f'{n:<{w}} ' + ' '.join(f'{int((lab == c).sum()):>8}' for _, lab, _ in splits.values()))
     for s, (data, lab, meta) in splits.items():
-        subjects, counts = np.unique(np.asarray(meta.get('subject', [])), return_counts=True)
+        subjects, counts = np.unique(np.asarray([v for v in meta.get('subject', []) if v is not None]), return_counts=True)   # None: not recorded
         rows.append(f'{s}: {len(lab)} clips, data {tuple(data.shape)} {data.dtype} ({data.nbytes / 2**20:.1f} MiB), '
                     f'subjects {subjects.tolist()}, clips per subject {sorted(set(counts.tolist()))}')
     return '\n'.join(rows)

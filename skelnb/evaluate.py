@@ -611,7 +611,7 @@ def run_protocols(model, train_dataset, test_dataset,
     for p in ps:
         if p in ('knn', 'probe') and feats is None:
             feats = (*extract_features(model, train_dataset, 256, device, layer), *extract_features(model, test_dataset, 256, device, layer))
-        if p == 'knn': rows += knn_evaluation(model, train_dataset, test_dataset, ks, device=device, features=feats)
+        if p == 'knn': rows += knn_evaluation(model, train_dataset, test_dataset, [k for k in ks if k <= len(feats[1])] or [1], device=device, features=feats)   # k past the clips: skipped
         elif p == 'probe': rows += [ridge_probe(*feats), logistic_probe(*feats)]
         elif p == 'linear':
             r = linear_evaluation(model, train_dataset, test_dataset, device=device, layer=layer, **(linear_kwargs or {}))
@@ -739,7 +739,9 @@ def run_evaluation(data,                        # prepared folder of the test sp
     else:
         from skelnb.encoders.stgcn import STGCN
         torch.manual_seed(seed)
-        model, model_name = STGCN(random, head='none', layout=model_layout or dataset_layout(tr)).to(device), f'random ST-GCN {random} (seed {seed})'
+        from skelnb.prepare import data_channels
+        model = STGCN(random, head='none', layout=model_layout or dataset_layout(tr), in_channels=len(data_channels(read_info(train_root))))
+        model, model_name = model.to(device), f'random ST-GCN {random} (seed {seed})'
     if model_layout and model_layout != dataset_layout(tr):
         tr, te = LayoutDataset(tr, dataset_layout(tr), model_layout), LayoutDataset(te, dataset_layout(te), model_layout)
     rows = run_protocols(model, tr, te, protocols, device=device,

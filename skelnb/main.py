@@ -119,12 +119,15 @@ def write_report(path, cfg: MainConfig, data: dict, trainer, evaluation: dict, t
     "The HTML report of a main-job run."
     from skelnb.viz import animation_figure
     from skelnb.explore import embedding_figure, curves_figure
+    from skelnb.prepare import data_channels, data_coords
     info, names = data['info'], data['info'].get('class_names')
-    layout = info.get('layout', 'ntu25')
+    layout, k, channels = info.get('layout', 'ntu25'), data_coords(info), data_channels(info)
     figs = []
     picks = [int(np.flatnonzero(data['test'].labels == c)[0]) for c in np.unique(data['test'].labels)[:3]]
     clips = {f"{names[int(data['test'].labels[i])] if names else data['test'].labels[i]}": data['test'].clip(i) for i in picks}
-    figs.append(('Test clips', animation_figure(clips, layout=layout, step=2, height=380, title='three test clips')))
+    score = {n: c[k] for n, c in clips.items()} if 'score' in channels[k:] else None     # a score channel: the joints' colour
+    figs.append(('Test clips', animation_figure({n: c[:k] for n, c in clips.items()}, layout=layout, step=2, height=380, title='three test clips',
+                                                joint_values=score, **(dict(values_name='score') if score else {}))))
     if trainer.history:
         keys = [k for k in ('loss', 'knn1', 'lr') if any(k in row for row in trainer.history)]
         figs.append(('Pretraining', curves_figure(trainer.history, keys, title='loss, KNN-1 accuracy (%) of the test clips, learning rate')))

@@ -16,8 +16,8 @@ from .formats import (SkeletonFormatError, representable, shared_data_dir, parse
 # %% auto #0
 __all__ = ['INFO_KEYS', 'META_KEYS', 'UPSTREAM_ROTATION_EPS', 'NORMALIZATIONS', 'SCORE_MODES', 'NTU60_XSUB_TRAIN',
            'NTU120_XSUB_TRAIN', 'NTU_BENCHMARKS', 'NW_UCLA_CLASSES', 'UTD_CLASSES', 'MSR_CLASSES', 'DATASETS',
-           'read_info', 'save_prepared', 'load_prepared', 'data_channels', 'PreparedWriter', 'valid_lengths',
-           'resize_time', 'rotate_shoulders_to_x', 'normalize_aimclr', 'normalize_aimclr_reference',
+           'read_info', 'save_prepared', 'load_prepared', 'data_channels', 'data_coords', 'PreparedWriter',
+           'valid_lengths', 'resize_time', 'rotate_shoulders_to_x', 'normalize_aimclr', 'normalize_aimclr_reference',
            'fill_empty_frames', 'pre_normalize_agcn', 'pre_normalize_agcn_reference', 'torso_scale', 'center_scale',
            'normalize_center_scale', 'fit_frames', 'fit_persons', 'normalize_batch', 'prepare_samples',
            'read_name_list', 'ntu_samples', 'prepare_ntu', 'pku_samples', 'prepare_pku', 'prepare_nw_ucla',
@@ -154,6 +154,15 @@ def data_channels(info:dict,    # a prepared folder's `info.json` (see `read_inf
                  ) -> list:     # channel names, e.g. ['x', 'y', 'z'] or ['x', 'y', 'score']
     "What the C axis of a prepared folder holds: `info['channels']`, or x, y, z for folders that do not record it."
     return list(info.get('channels') or ('x', 'y', 'z'))
+
+def data_coords(info:dict,      # a prepared folder's `info.json`
+               ) -> int:        # 2 (x, y) or 3 (x, y, z)
+    "How many leading channels are coordinates; any after them (a score) are not (e.g. the augmentations' `coords`)."
+    channels = data_channels(info)
+    k = next((i for i, c in enumerate(channels) if c not in ('x', 'y', 'z')), len(channels))
+    if k not in (2, 3) or any(c in ('x', 'y', 'z') for c in channels[k:]):
+        raise ValueError(f'channels {channels} must start with the coordinates x, y (and z), any others (a score) after them')
+    return k
 
 # %% ../nbs/02_prepare.ipynb #522fb652
 def _shrink_npy(path, n):

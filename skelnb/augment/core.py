@@ -9,7 +9,8 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['draw_device', 'rand_uniform', 'rand_int', 'rand_coin', 'gather_frames', 'apply_linear', 'shear_matrix',
-           'rotation_matrix', 'gather_linear', 'Augmentation', 'Compose']
+           'rotation_matrix', 'coordinate_channels', 'pad_linear', 'rotation_matrix_2d', 'gather_linear',
+           'Augmentation', 'Compose']
 
 # %% ../../nbs/05a_augment.core.ipynb #55ab5a94
 def draw_device(generator: torch.Generator | None = None) -> torch.device:
@@ -102,11 +103,13 @@ def _identity_where_not(matrix, apply):
 
 _OFFDIAG = ((0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1))
 
-def shear_matrix(coeffs) -> torch.Tensor: # (..., 6) off-diagonals s01, s02, s10, s12, s20, s21
-    "The $3 \\times 3$ shear matrices with ones on the diagonal and the given off-diagonals (row-major order)."
+def shear_matrix(coeffs) -> torch.Tensor: # (..., 6) off-diagonals s01, s02, s10, s12, s20, s21; or (..., 2) s01, s10 (2-D)
+    "The $3 \\times 3$ (or, from 2 coefficients, $2 \\times 2$) shear matrices with ones on the diagonal and the given off-diagonals (row-major order)."
     coeffs = torch.as_tensor(coeffs)
-    if coeffs.shape[-1] != 6: raise ValueError(f'shear_matrix needs 6 off-diagonal coefficients on the last axis, got {tuple(coeffs.shape)}')
+    if coeffs.shape[-1] not in (2, 6): raise ValueError(f'shear_matrix needs 6 off-diagonal coefficients (3-D) or 2 (2-D) on the last axis, got {tuple(coeffs.shape)}')
     one = torch.ones_like(coeffs[..., :1])
+    if coeffs.shape[-1] == 2:                           # s01 | s10
+        return torch.stack([one[..., 0], coeffs[..., 0], coeffs[..., 1], one[..., 0]], -1).view(*coeffs.shape[:-1], 2, 2)
     c = coeffs.unbind(-1)                               # row-major: s01 s02 | s10 s12 | s20 s21
     return torch.stack([one[..., 0], c[0], c[1], c[2], one[..., 0], c[3], c[4], c[5], one[..., 0]], -1).view(*coeffs.shape[:-1], 3, 3)
 
@@ -119,6 +122,44 @@ def rotation_matrix(angles) -> torch.Tensor: # (..., 3) angles in radians about 
     return torch.stack([cz * cy, czsy * sx - sz * cx, czsy * cx + sz * sx,
                         sz * cy, szsy * sx + cz * cx, szsy * cx - cz * sx,
                         -sy, cy * sx, cy * cx], -1).view(*a.shape[:-1], 3, 3)
+
+# %% ../../nbs/05a_augment.core.ipynb #9c5322d5
+def coordinate_channels(x,                   # batch (N, C, T, V, M)
+                        coords: int | None,  # leading channels that are coordinates (None: all C channels)
+                        who: str,            # the augmentation, for the message
+                        layout=None,         # its joint layout, when it has one (for the message)
+                       ) -> int:             # 2 (x, y) or 3 (x, y, z)
+    "How many leading channels of `x` a coordinate map acts on: `coords`, or all of them; 2 or 3, else a clear error."
+    _check_batch(x)
+    C = x.shape[1]
+    lay = '' if layout is None else f', layout {getattr(layout, "name", layout)!r}'
+    if coords is None:
+        if C in (2, 3): return C
+        raise ValueError(f'{who} maps coordinates and needs 2 (x, y) or 3 (x, y, z) of them, but x has C={C} channels on axis 1 '
+                         f'(coords=None{lay}) and coords=None takes every channel as a coordinate; pass coords=2 or coords=3 '
+                         'to say how many leading channels are coordinates (the rest, e.g. a score, are left unchanged)')
+    if coords not in (2, 3) or isinstance(coords, bool):
+        raise ValueError(f'{who}: coords={coords!r} must be 2 (x, y), 3 (x, y, z) or None (every channel); x has C={C} channels{lay}')
+    if coords > C: raise ValueError(f'{who}: coords={coords} coordinate channels, but x has only C={C} channels on axis 1{lay}')
+    return coords
+
+def pad_linear(matrix,            # (..., k, k) maps of the first k channels
+               num_channels: int, # C >= k
+              ) -> torch.Tensor:  # (..., C, C)
+    "The block matrix $\\begin{pmatrix} A & 0 \\\\ 0 & I \\end{pmatrix}$: `matrix` on the first k channels, the others unchanged."
+    A = torch.as_tensor(matrix)
+    k = A.shape[-1]
+    if k == num_channels: return A
+    if k > num_channels: raise ValueError(f'a {k}x{k} coordinate map does not fit a batch of {num_channels} channels')
+    out = torch.eye(num_channels, dtype=A.dtype, device=A.device).expand(*A.shape[:-2], num_channels, num_channels).clone()
+    out[..., :k, :k] = A
+    return out
+
+def rotation_matrix_2d(angle) -> torch.Tensor: # (...,) angles in radians in the image plane -> (..., 2, 2)
+    "The rotation by `angle` about the image normal: the $(x, y)$ block of `rotation_matrix((0, 0, angle))`."
+    a = torch.as_tensor(angle)
+    c, s = a.cos(), a.sin()
+    return torch.stack([c, -s, s, c], -1).view(*a.shape, 2, 2)
 
 # %% ../../nbs/05a_augment.core.ipynb #9568fb22
 _ROWS = {}   # (N, C, T, device) -> (N, C, 1, C) first row of input coordinate j for output (n, i), in the (N*C*T, V*M) view
@@ -264,6 +305,8 @@ def _run(self: Compose, x, get_params):
             index = idx if index is None else index.gather(1, idx)
             continue
         A = step.linear_matrix(params)
+        k = getattr(step, 'coords', None)
+        if A is not None and k is not None and A.shape[-1] == k < x.shape[1]: A = pad_linear(A, x.shape[1])   # a score rides along
         if A is not None and A.shape[-1] == x.shape[1]:
             A = torch.as_tensor(A).to(device=x.device, dtype=torch.float64)
             matrix = A if matrix is None else A @ matrix

@@ -135,7 +135,7 @@ def _build_settings(self: AugmentExplorer):
     if not key.startswith('preset:'):
         cls = AUGMENTATIONS[key]
         for f in dataclasses.fields(cls):
-            if f.name == 'layout': continue
+            if f.name in ('layout', 'coords'): continue   # the explorer's clips are 3-D, in its layout
             value = 1.0 if f.name == 'p' else f.default
             w = self._setting_widget(cls.__name__, f.name, value)
             w.observe(lambda _: self.update(), names='value')

@@ -9,7 +9,17 @@ import numpy as np
 import torch
 from ..skeleton import get_layout, hop_distance, to_stream, STREAMS
 from .core import (Augmentation, draw_device, rand_uniform, rand_int, rand_coin, apply_linear, shear_matrix,
-                                 rotation_matrix, _check_batch, _per_sample, _mask, _gather_frames, _identity_where_not)
+                                 rotation_matrix, rotation_matrix_2d, coordinate_channels, pad_linear,
+                                 _check_batch, _per_sample, _mask, _gather_frames, _identity_where_not)
+
+
+def _fit_map(A, x, coords, who):
+    "A `(N, k, k)` coordinate map checked against the `k` coordinate channels of `x`, padded to its C channels."
+    k, A = coordinate_channels(x, coords, who), torch.as_tensor(A)
+    if A.shape[-1] != k:
+        raise ValueError(f'{who}: the parameters map {A.shape[-1]} coordinates ({A.shape[-1]}x{A.shape[-1]} matrices), but x has '
+                         f'{k} coordinate channels (C={x.shape[1]}, coords={coords})')
+    return pad_linear(A, x.shape[1])
 
 # %% auto #0
 __all__ = ['temporal_crop_index', 'TemporalCrop', 'Shear', 'permute_joints', 'SpatialFlip', 'Rotate', 'present_persons',
@@ -65,15 +75,16 @@ class Shear(Augmentation):
     "Random shear: one matrix per sample with off-diagonals from $U(-a, a)$, applied with probability p."
     amplitude: float = 0.5   # a: off-diagonals ~ U(-a, a)
     p: float = 1.0           # probability of shearing a sample
+    coords: int | None = None # leading coordinate channels, 2 or 3 (None: all); the rest (a score) are left unchanged
     def draw(self, x, generator: torch.Generator | None = None, lengths=None) -> dict:
-        "One shear matrix per sample, and whether to apply it."
-        n = x.shape[0]
-        coeffs = rand_uniform((n, 6), -self.amplitude, self.amplitude, generator, x.device)
+        "One shear matrix per sample (6 off-diagonals in 3-D, 2 in 2-D), and whether to apply it."
+        n, k = x.shape[0], coordinate_channels(x, self.coords, 'Shear')
+        coeffs = rand_uniform((n, 6 if k == 3 else 2), -self.amplitude, self.amplitude, generator, x.device)
         return dict(matrix=shear_matrix(coeffs), apply=rand_coin(n, self.p, generator, x.device))
     def apply(self, x, params: dict, inplace: bool = False) -> torch.Tensor:
-        "Shear every sample with its matrix (unchanged where `apply` is False)."
-        _check_batch(x, coords=True)
-        return apply_linear(x, self.linear_matrix(params))
+        "Shear the coordinates of every sample with its matrix (unchanged where `apply` is False)."
+        _check_batch(x)
+        return apply_linear(x, _fit_map(self.linear_matrix(params), x, self.coords, 'Shear'))
     def linear_matrix(self, params): return _identity_where_not(params['matrix'], params.get('apply'))
 
 # %% ../../nbs/05b_augment.ops.ipynb #6abd5671
@@ -99,6 +110,7 @@ class SpatialFlip(Augmentation):
     p: float = 0.5                    # probability of flipping a sample
     layout: str = 'ntu25'             # layout whose `mirror` permutation swaps left and right
     mirror_axis: int | None = None    # also negate this coordinate (0 = x): a true mirror image
+    coords: int | None = None         # leading coordinate channels, 2 or 3 (None: all); the rest (a score) are left unchanged
     @property
     def commutes_with_linear(self): return self.mirror_axis is None
     @property
@@ -111,6 +123,11 @@ class SpatialFlip(Augmentation):
         _check_batch(x)
         L = get_layout(self.layout)
         if x.shape[3] != L.num_joints: raise ValueError(f'x has {x.shape[3]} joints but layout {L.name!r} has {L.num_joints}')
+        if self.mirror_axis is not None:
+            k = coordinate_channels(x, self.coords, 'SpatialFlip', L)
+            if not 0 <= self.mirror_axis < k:
+                raise ValueError(f'SpatialFlip: mirror_axis={self.mirror_axis} is not one of the {k} coordinate channels (0..{k - 1}) of x '
+                                 f'(C={x.shape[1]}, coords={self.coords}, layout {L.name!r})' + ('; a 2-D mirror negates x (0) or y (1)' if k == 2 else ''))
         idx = _mask(params['flip'], x).nonzero().view(-1)
         if idx.numel() == 0: return x
         flipped = permute_joints(x.index_select(0, idx), L.mirror)
@@ -124,9 +141,13 @@ class Rotate(Augmentation):
     main_max: float = 30.0   # degrees: the main axis gets U(0, main_max)
     other_max: float = 1.0   # degrees: the other axes get U(0, other_max)
     p: float = 1.0           # probability of rotating a sample
+    coords: int | None = None # leading coordinate channels, 2 or 3 (None: all); the rest (a score) are left unchanged
     def draw(self, x, generator: torch.Generator | None = None, lengths=None) -> dict:
-        "Angles (radians, upstream's clockwise direction) with one main axis per sample, and whether to rotate."
-        n = x.shape[0]
+        "Angles (radians, upstream's clockwise direction), and whether to rotate: 3-D, one main axis per sample; 2-D, one angle in the image plane."
+        n, k = x.shape[0], coordinate_channels(x, self.coords, 'Rotate')
+        if k == 2:                   # the image plane: one rotation, about the camera axis, by U(0, main_max)
+            angle = -torch.deg2rad(rand_uniform((n,), 0, self.main_max, generator, dtype=torch.float64))
+            return dict(angle=angle.to(x.device), apply=rand_coin(n, self.p, generator).to(x.device))
         main = rand_int(n, 0, 2, generator)
         big = rand_uniform((n, 3), 0, self.main_max, generator, dtype=torch.float64)
         small = rand_uniform((n, 3), 0, self.other_max, generator, dtype=torch.float64)
@@ -134,11 +155,13 @@ class Rotate(Augmentation):
         angles = -torch.deg2rad(torch.where(is_main, big, small))
         return dict(angles=angles.to(x.device), apply=rand_coin(n, self.p, generator).to(x.device))
     def apply(self, x, params: dict, inplace: bool = False) -> torch.Tensor:
-        "Rotate every sample by `rotation_matrix(angles)` (unchanged where `apply` is False)."
-        _check_batch(x, coords=True)
-        return apply_linear(x, self.linear_matrix(params))
+        "Rotate every sample by `rotation_matrix(angles)` (2-D: `rotation_matrix_2d(angle)`; unchanged where `apply` is False)."
+        _check_batch(x)
+        return apply_linear(x, _fit_map(self.linear_matrix(params), x, self.coords, 'Rotate'))
     def linear_matrix(self, params):
-        return _identity_where_not(rotation_matrix(torch.as_tensor(params['angles'], dtype=torch.float64)), params.get('apply'))
+        if 'angle' in params: R = rotation_matrix_2d(torch.as_tensor(params['angle'], dtype=torch.float64))
+        else: R = rotation_matrix(torch.as_tensor(params['angles'], dtype=torch.float64))
+        return _identity_where_not(R, params.get('apply'))
 
 # %% ../../nbs/05b_augment.ops.ipynb #31552933
 def present_persons(x) -> torch.Tensor:
@@ -152,13 +175,18 @@ class GaussianNoise(Augmentation):
     sigma: float = 0.01        # standard deviation of the noise
     p: float = 0.5             # probability of adding noise to a sample
     keep_absent: bool = False  # leave all-zero persons at zero (upstream does not)
+    coords: int | None = None  # noise on these leading (coordinate) channels only, 2 or 3 (None: every channel)
     def draw(self, x, generator: torch.Generator | None = None, lengths=None) -> dict:
         "Noise for the samples that get it (zero rows for the others), and which samples get it."
         n, shape = x.shape[0], x.shape[1:]
+        c = shape[0] if self.coords is None else coordinate_channels(x, self.coords, 'GaussianNoise')
         apply = rand_coin(n, self.p, generator)
         k = int(apply.sum())
         rows = torch.empty((k + 1, *shape), dtype=x.dtype, device=draw_device(generator))   # the k noisy samples, then a zero row
-        if k: torch.randn((k, *shape), generator=generator, out=rows[:k]).mul_(self.sigma)
+        if k and c == shape[0]: torch.randn((k, *shape), generator=generator, out=rows[:k]).mul_(self.sigma)
+        elif k:                                                                              # coordinates only: zero noise on the rest
+            rows[:k, c:] = 0
+            rows[:k, :c] = torch.randn((k, c, *shape[1:]), generator=generator, device=rows.device, dtype=x.dtype).mul_(self.sigma)
         rows[k].zero_()
         noise = rows.index_select(0, torch.where(apply, torch.cumsum(apply, 0) - 1, k))   # every sample's row in one copy
         return dict(noise=noise.to(x.device), apply=apply.to(x.device))
@@ -218,6 +246,7 @@ class GaussianBlur(Augmentation):
     p: float = 0.5                   # probability of blurring a sample
     size: int = 15                   # kernel taps (odd)
     normalize: bool = False          # divide the kernel by its sum (upstream does not; see the lesson)
+    coords: int | None = None        # blur these leading (coordinate) channels only, 2 or 3 (None: every channel)
     commutes_with_linear = True
     def draw(self, x, generator: torch.Generator | None = None, lengths=None) -> dict:
         "A kernel width per sample and whether to blur it."
@@ -227,13 +256,16 @@ class GaussianBlur(Augmentation):
         "Filter every coordinate series of the chosen samples in time with its Gaussian kernel (zero padding)."
         _check_batch(x)
         N, C, T, V, M = x.shape
+        c = C if self.coords is None else coordinate_channels(x, self.coords, 'GaussianBlur')
         sigma, apply = torch.as_tensor(params['sigma'], device=x.device).reshape(-1), params.get('apply')
         idx = torch.arange(N, device=x.device) if apply is None else _mask(apply, x).nonzero().view(-1)
         if idx.numel() == 0: return x
         k = idx.numel()
         B = blur_matrix(sigma[idx], T, self.size, self.normalize, x.dtype)
-        series = x.transpose(1, 2).index_select(0, idx).view(k, T, C * V * M)     # time-major copy of the chosen samples
-        blurred = torch.bmm(B, series).view(k, T, C, V, M).transpose(1, 2)
+        series = x.transpose(1, 2).index_select(0, idx)                           # time-major copy of the chosen samples
+        if c < C: series = series[:, :, :c]                                       # their coordinates
+        blurred = torch.bmm(B, series.reshape(k, T, c * V * M)).view(k, T, c, V, M).transpose(1, 2)
+        if c < C: blurred = torch.cat([blurred, x.index_select(0, idx)[:, c:]], 1)   # a score: as it was
         return x.index_copy_(0, idx, blurred) if inplace else x.index_copy(0, idx, blurred)
 
 # %% ../../nbs/05b_augment.ops.ipynb #d9b060e2
@@ -249,20 +281,28 @@ def axis_mask_matrix(axis, apply=None, num_channels: int = 3) -> torch.Tensor:
 class AxisMask(Augmentation):
     "Zero one coordinate channel (chosen uniformly) of a sample for the whole clip, with probability p."
     p: float = 0.5   # probability of masking a sample
+    coords: int | None = None # the channel is one of these leading (coordinate) channels, 2 or 3 (None: of every channel)
     def draw(self, x, generator: torch.Generator | None = None, lengths=None) -> dict:
         "Which coordinate channel each sample loses, and whether it loses one."
         n, C = x.shape[:2]
-        return dict(axis=rand_int(n, 0, C - 1, generator, x.device), apply=rand_coin(n, self.p, generator, x.device))
+        k = C if self.coords is None else coordinate_channels(x, self.coords, 'AxisMask')
+        return dict(axis=rand_int(n, 0, k - 1, generator, x.device), apply=rand_coin(n, self.p, generator, x.device))
     def apply(self, x, params: dict, inplace: bool = False) -> torch.Tensor:
         "Zero coordinate channel `axis[n]` of sample n for the whole clip (where `apply`)."
         _check_batch(x)
         axis, apply = torch.as_tensor(params['axis'], device=x.device).long().view(-1), params.get('apply')
+        k = x.shape[1] if self.coords is None else coordinate_channels(x, self.coords, 'AxisMask')
+        if axis.numel() and not 0 <= int(axis.min()) <= int(axis.max()) < k:
+            raise ValueError(f'AxisMask: axis must name one of the {k} coordinate channels 0..{k - 1} of x (C={x.shape[1]}, coords={self.coords}), got {axis.tolist()}')
         keep = torch.ones(x.shape[0], x.shape[1], dtype=x.dtype, device=x.device)
         drop = torch.nn.functional.one_hot(axis, x.shape[1]).bool()
         if apply is not None: drop = drop & _mask(apply, x)[:, None]
         keep = keep.masked_fill(drop, 0)[:, :, None, None, None]
         return x.mul_(keep) if inplace else x * keep
-    def linear_matrix(self, params): return axis_mask_matrix(params['axis'], params.get('apply'), 3)
+    def linear_matrix(self, params):
+        k, axis = self.coords or 3, torch.as_tensor(params['axis'])
+        if axis.numel() and int(axis.max()) >= k: return None   # a channel past the first three (coords=None, C > 3): applied as a mask
+        return axis_mask_matrix(axis, params.get('apply'), k)
 
 # %% ../../nbs/05b_augment.ops.ipynb #5b983493
 def time_flip_index(flip, T: int) -> torch.Tensor:
@@ -434,12 +474,15 @@ class ToStream(Augmentation):
     "Convert positions to the joint, motion or bone stream (deterministic)."
     stream: str = 'joint'   # 'joint', 'motion' or 'bone'
     layout: str = 'ntu25'   # bones of the bone stream
+    coords: int | None = None # convert these leading (coordinate) channels, 2 or 3 (None: every channel); a score is kept
     commutes_with_linear = True
     def __post_init__(self):
         if self.stream not in STREAMS: raise ValueError(f'stream must be one of {STREAMS}, got {self.stream!r}')
     def apply(self, x, params: dict, inplace: bool = False) -> torch.Tensor:
-        "`to_stream(x, stream, layout)`."
-        return to_stream(x, self.stream, self.layout)
+        "`to_stream(x, stream, layout)` of the coordinates; the channels after them (a score) unchanged."
+        if self.coords is None: return to_stream(x, self.stream, self.layout)
+        k = coordinate_channels(x, self.coords, 'ToStream', self.layout)
+        return torch.cat([to_stream(x[:, :k], self.stream, self.layout), x[:, k:]], 1)
 
 # %% ../../nbs/05b_augment.ops.ipynb #5d7ea64b
 def part_swap_region(parts,           # (N, P) bool: chosen body parts

@@ -14,32 +14,39 @@ __all__ = ['AIMCLR_OPS', 'PRESETS', 'normal_view', 'aimclr_extreme', 'aimclr_ext
 # %% ../../nbs/05c_augment.presets.ipynb #95e4248e
 AIMCLR_OPS = {'1': 'spatial flip', '2': 'rotate', '3': 'gaussian noise', '4': 'gaussian blur', '5': 'axis mask', '6': 'time flip'}
 
-def normal_view(padding_ratio: int = 6, shear_amplitude: float = 0.5, name: str = 'normal view') -> Compose:
+def normal_view(padding_ratio: int = 6, shear_amplitude: float = 0.5, name: str = 'normal view',
+                coords: int | None = None, # leading coordinate channels, 2 or 3 (None: all); the rest (a score) are left unchanged
+               ) -> Compose:
     "Temporal crop with mirrored borders then shear; a step is skipped when its setting is <= 0 (as upstream)."
-    steps = ([TemporalCrop(padding_ratio)] if padding_ratio > 0 else []) + ([Shear(shear_amplitude)] if shear_amplitude > 0 else [])
+    steps = ([TemporalCrop(padding_ratio)] if padding_ratio > 0 else []) + ([Shear(shear_amplitude, coords=coords)] if shear_amplitude > 0 else [])
     return Compose(steps, name)
 
-def _aimclr_step(digit, layout):
-    return {'1': lambda: SpatialFlip(0.5, layout), '2': lambda: Rotate(), '3': lambda: GaussianNoise(),
-            '4': lambda: GaussianBlur(), '5': lambda: AxisMask(), '6': lambda: TimeFlip()}[digit]()
+def _aimclr_step(digit, layout, coords=None):
+    return {'1': lambda: SpatialFlip(0.5, layout, coords=coords), '2': lambda: Rotate(coords=coords), '3': lambda: GaussianNoise(coords=coords),
+            '4': lambda: GaussianBlur(coords=coords), '5': lambda: AxisMask(coords=coords), '6': lambda: TimeFlip()}[digit]()
 
-def aimclr_extreme(aug_method: str = '12345', padding_ratio: int = 6, shear_amplitude: float = 0.5, layout: str = 'ntu25') -> Compose:
+def aimclr_extreme(aug_method: str = '12345', padding_ratio: int = 6, shear_amplitude: float = 0.5, layout: str = 'ntu25',
+                   coords: int | None = None, # leading coordinate channels, 2 or 3 (None: all)
+                  ) -> Compose:
     "AimCLR's extreme view: the normal view, then the operations switched on by the digits of `aug_method`."
     bad = set(aug_method) - set(AIMCLR_OPS)
     if bad: raise ValueError(f'aug_method may only hold the digits 1-6 ({AIMCLR_OPS}), got {aug_method!r}')
-    steps = normal_view(padding_ratio, shear_amplitude).steps + [_aimclr_step(d, layout) for d in sorted(set(aug_method))]
+    steps = normal_view(padding_ratio, shear_amplitude, coords=coords).steps + [_aimclr_step(d, layout, coords) for d in sorted(set(aug_method))]
     return Compose(steps, f'aimclr extreme {aug_method!r}')
 
-def aimclr_extreme_v1(padding_ratio: int = 6, shear_amplitude: float = 0.5, layout: str = 'ntu25') -> Compose:
+def aimclr_extreme_v1(padding_ratio: int = 6, shear_amplitude: float = 0.5, layout: str = 'ntu25', coords: int | None = None) -> Compose:
     "AimCLR's first code release: all six operations, time flip between rotation and noise."
-    steps = normal_view(padding_ratio, shear_amplitude).steps + [_aimclr_step(d, layout) for d in '126345']
+    steps = normal_view(padding_ratio, shear_amplitude, coords=coords).steps + [_aimclr_step(d, layout, coords) for d in '126345']
     return Compose(steps, 'aimclr extreme (first release)')
 
 # %% ../../nbs/05c_augment.presets.ipynb #90f8280c
-def a2mc_view(stream: str = 'joint', size: int = 64, scale=(0.1, 1.0), min_length: int = 64, layout: str = 'ntu25') -> Compose:
+def a2mc_view(stream: str = 'joint', size: int = 64, scale=(0.1, 1.0), min_length: int = 64, layout: str = 'ntu25',
+              coords: int | None = None, # leading coordinate channels, 2 or 3 (None: all)
+             ) -> Compose:
     "SCD-Net/A2MC pretraining view: crop-resize, stream, then five augmentations each with p = 0.5."
-    steps = [CropResize(scale, min_length, size)] + ([ToStream(stream, layout)] if stream != 'joint' else []) + [
-        Rotate(p=0.5), SpatialFlip(0.5, layout), Shear(1.0, p=0.5), SpatialMask(0.5, layout=layout), TemporalMask(0.5)]
+    steps = [CropResize(scale, min_length, size)] + ([ToStream(stream, layout, coords=coords)] if stream != 'joint' else []) + [
+        Rotate(p=0.5, coords=coords), SpatialFlip(0.5, layout, coords=coords), Shear(1.0, p=0.5, coords=coords),
+        SpatialMask(0.5, layout=layout), TemporalMask(0.5)]
     return Compose(steps, f'a2mc view ({stream})')
 
 def a2mc_eval(size: int = 64, ratio: float = 0.95) -> Compose:

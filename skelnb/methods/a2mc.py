@@ -117,7 +117,7 @@ def mask_chunk(self: A2MCConfig) -> int:
 @patch
 def view_pipeline(self: A2MCConfig) -> Compose:
     "The pretraining view: `a2mc_view` with the temporal-mask chunk scaled to `frames` (16 chunks, as 4 of 64)."
-    view = a2mc_view(self.stream, self.frames, self.crop_scale, self.min_crop, self.layout)
+    view = a2mc_view(self.stream, self.frames, self.crop_scale, self.min_crop, self.layout, coords=self.coords)
     return Compose([replace(s, chunk=self.mask_chunk) if isinstance(s, TemporalMask) else s for s in view.steps], view.name)
 
 @patch

@@ -74,9 +74,9 @@ class AimCLR(SkeletonCLR):
 
     def _build(self, c, g):
         super()._build(c, g)          # SkeletonCLR's query/key encoders, queue and normal view, drawn in the same order
-        self.augment = normal_view(c.padding_ratio, c.shear_amplitude, name='aimclr normal')
+        self.augment = normal_view(c.padding_ratio, c.shear_amplitude, name='aimclr normal', coords=c.coords)
         self.eadm = EADM(c.keep_prob, c.eadm_lambda, c.eadm_legacy)
-        self.extreme = aimclr_extreme(c.aug_method, c.padding_ratio, c.shear_amplitude, c.layout)
+        self.extreme = aimclr_extreme(c.aug_method, c.padding_ratio, c.shear_amplitude, c.layout, coords=c.coords)
 
     def nnm_on(self, epoch: int) -> bool:
         "Whether nearest-neighbour mining is on at (0-based) `epoch`."

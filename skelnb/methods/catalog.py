@@ -98,13 +98,17 @@ def load_method(path,                     # a checkpoint written by `skelnb.trai
 # %% ../../nbs/10f_methods.catalog.ipynb #4916d0e4
 def with_data_layout(name: str, dataset, overrides: dict | None = None) -> dict:
     "Method overrides with the dataset's layout, channels and (for the MoCo family) clip length filled in unless given."
-    from skelnb.prepare import data_channels
+    from skelnb.prepare import data_channels, data_coords
     from skelnb.methods.core import MoCoConfig
     overrides = dict(overrides or {})
     have = dataset.info.get('layout', 'ntu25')
     cfg_cls = method_config_class(name)
     overrides.setdefault('layout', have)
-    overrides.setdefault('in_channels', len(data_channels(dataset.info)))   # 2-D, 3-D, or with a score channel
+    channels = data_channels(dataset.info)
+    overrides.setdefault('in_channels', len(channels))                     # 2-D, 3-D, or with a score channel
+    try: coords = data_coords(dataset.info)                                # the leading x, y(, z)
+    except ValueError as e: raise ValueError(f'{dataset.root}: {e}') from None
+    if coords != len(channels): overrides.setdefault('coords', coords)     # the views leave the score alone
     if issubclass(cfg_cls, MoCoConfig) and getattr(dataset, 'data', None) is not None:
         overrides.setdefault('frames', int(dataset.data.shape[2]))          # the MoCo family reads clips as prepared
     want = overrides.get('layout', have)

@@ -109,6 +109,7 @@ class ContrastConfig:
     layout: str = 'ntu25'           # skeleton layout (graph, bones, body parts)
     frames: int | None = 50         # expected clip length T (None: any)
     in_channels: int = 3            # coordinates per joint (2-D or 3-D, plus a score channel when the data carry one)
+    coords: int | None = None       # leading coordinate channels, 2 or 3 (None: all in_channels); the rest (a score) pass the views unchanged
     feature_dim: int = 128          # embedding size of queries, keys and memories
     temperature: float = 0.07       # tau of InfoNCE
     momentum: float = 0.999         # key-side EMA momentum m (the start of the schedule when it is 'cosine')
@@ -136,6 +137,8 @@ class ContrastConfig:
         check_field(o, 'frames', self.frames, self.frames is None or (isinstance(self.frames, int) and self.frames >= 2), 'None or an int >= 2')
         for name in ('in_channels', 'feature_dim'):
             v = getattr(self, name); check_field(o, name, v, isinstance(v, int) and v >= 1, 'an int >= 1')
+        check_field(o, 'coords', self.coords, self.coords is None or (self.coords in (2, 3) and not isinstance(self.coords, bool) and self.coords <= self.in_channels),
+                    f'None (every channel a coordinate) or 2 or 3 leading coordinate channels, at most in_channels={self.in_channels}')
         check_field(o, 'temperature', self.temperature, self.temperature > 0, 'a positive number')
         check_field(o, 'momentum', self.momentum, 0 <= self.momentum <= 1, 'a value in [0, 1]')
         check_field(o, 'momentum_schedule', self.momentum_schedule, self.momentum_schedule in MOMENTUM_SCHEDULES, f'one of {MOMENTUM_SCHEDULES}')
@@ -256,7 +259,7 @@ class MoCo(Contrastive):
         key_encoder(self.encoder_q, self.encoder_k)
         if c.upstream_init: upstream_init_(self.encoder_k, g)   # different weights, as upstream
         self.queue = MoCoQueue(c.feature_dim, c.queue_size, generator=g)
-        self.augment = normal_view(c.padding_ratio, c.shear_amplitude, name=self.method_name or type(self).__name__.lower())
+        self.augment = normal_view(c.padding_ratio, c.shear_amplitude, name=self.method_name or type(self).__name__.lower(), coords=c.coords)
 
     @property
     def backbone(self) -> STGCN:

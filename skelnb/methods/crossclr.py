@@ -86,7 +86,7 @@ class CrosSCLR(MoCo):
             key_encoder(q, k)
             if c.upstream_init: upstream_init_(k, g)
         self.queue = MultiViewQueue(c.feature_dim, c.queue_size, c.views, generator=g)
-        self.augment = normal_view(c.padding_ratio, c.shear_amplitude, name='crossclr')
+        self.augment = normal_view(c.padding_ratio, c.shear_amplitude, name='crossclr', coords=c.coords)
 
     def encoders(self, view: str) -> tuple:
         "`(query, key)` encoders of stream `view`."

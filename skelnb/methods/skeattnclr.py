@@ -125,7 +125,7 @@ class SkeAttnCLR(Contrastive):
                 ):
         super().__init__(seed)
         cfg = self._use_config(config)
-        self.augment = normal_view(cfg.padding_ratio, cfg.shear_amplitude, name='skeattnclr')
+        self.augment = normal_view(cfg.padding_ratio, cfg.shear_amplitude, name='skeattnclr', coords=cfg.coords)
         self.encoder_q = SkeAttnEncoder(cfg)
         self.predictor = skeattnclr_predictor(cfg.feature_dim, cfg.predictor_hidden)      # global
         self.predictor_s = skeattnclr_predictor(cfg.feature_dim, cfg.predictor_hidden)    # salient
