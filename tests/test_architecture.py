@@ -9,7 +9,7 @@ RANKS = {
     'skeleton': 1, 'formats': 2, 'prepare': 3, 'data': 4, 'augment': 5, 'encoders': 6,
     'memory': 7, 'losses': 7, 'attacks': 7, 'mixers': 7,
     'methods': 8, 'train': 9, 'evaluate': 10,
-    'viz': 11, 'explore': 11, 'augment.explorer': 11, 'attack_explorer': 11,
+    'viz': 11, 'explore': 11, 'augment.explorer': 11, 'attack_explorer': 11, 'mechanisms': 11,
     'main': 12, 'bench': 13, 'cli': 14,
 }
 ANYWHERE = {'runtime', 'checkpoint'}   # import nothing from skelnb; every layer may use them
@@ -19,7 +19,7 @@ WITHIN = {   # inside one layer, the order in which modules may build on each ot
     'memory': ['losses', 'memory', 'mixers', 'attacks'],
     'methods': ['methods.core', 'methods.skeletonclr', 'methods.crossclr', 'methods.aimclr', 'methods.a2mc',
                 'methods.skeattnclr', 'methods.catalog'],
-    'viz': ['viz', 'explore', 'augment.explorer', 'attack_explorer'],
+    'viz': ['viz', 'explore', 'augment.explorer', 'attack_explorer', 'mechanisms'],
 }
 
 
