@@ -357,8 +357,8 @@ def synthetic_subject(subject: int, # subject number (1-based)
                      ) -> SyntheticSubject:
     "The body and style of subject `subject` (deterministic in `(subject, seed)`)."
     rng = np.random.default_rng(derive_seed(seed, 'subject', subject))
-    scale = np.full(NTU25.num_joints, rng.uniform(0.88, 1.12))
-    for joints in _SCALE_GROUPS.values(): scale[list(joints)] *= rng.uniform(0.92, 1.08)
+    scale = np.full(NTU25.num_joints, rng.uniform(0.82, 1.15))          # children's to tall adults' proportions
+    for joints in _SCALE_GROUPS.values(): scale[list(joints)] *= rng.uniform(0.9, 1.1)
     return SyntheticSubject(id=subject, bone_scale=tuple(scale.round(4)), speed=float(rng.uniform(0.8, 1.25)),
                             amplitude=float(rng.uniform(0.8, 1.15)), handed=-1 if subject in LEFT_HANDED_SUBJECTS else 1,
                             lean=float(rng.uniform(-3, 8)), arm_rest=float(rng.uniform(4, 14)))
@@ -622,6 +622,32 @@ def _action_index(action) -> int:
     if not 0 <= int(action) < len(SYNTHETIC_ACTIONS): raise ValueError(f'action index must lie in 0..{len(SYNTHETIC_ACTIONS)-1}, got {action}')
     return int(action)
 
+# %% ../nbs/03_data.ipynb #dcd82387
+_OCCLUDED_PARTS = ([4, 5, 6, 7, 21, 22], [8, 9, 10, 11, 23, 24], [12, 13, 14, 15], [16, 17, 18, 19], [12, 13, 14, 15, 16, 17, 18, 19])
+
+def _record(c,              # one body's joints in camera coordinates `(T, V, 3)`, metres
+            rng,            # the take's generator
+            per_frame,      # recorded 30 fps frames per output frame
+            noise=True, glitches=True):
+    "What the sensor reports for one body: noise; tracking glitches and, sometimes, a limb hidden for a stretch (both `glitches`)."
+    T = len(c)
+    if noise:
+        c = c + rng.normal(0, 0.008, c.shape)
+        c[:, _EXTREMITIES] += rng.normal(0, 0.015, (T, len(_EXTREMITIES), 3))
+    if glitches:
+        for _ in range(rng.poisson(0.8)):
+            j, start, kind = rng.choice(_GLITCH_JOINTS), rng.integers(0, T), rng.random()
+            n = max(1, int(round(rng.integers(2, 8) / per_frame)))
+            if kind < 0.35: c[start:start + n, j] = 0                                       # lost: reported at the origin
+            elif kind < 0.8: c[start:start + n, j] += rng.normal(0, 0.06, c[start:start + n, j].shape)  # jitter
+            else: c[start:start + n, j] = c[start, j]                                       # frozen
+    if glitches and rng.random() < 0.3:   # a limb hidden (furniture, the other arm, the body itself) for a quarter to 70 % of the take
+        part = _OCCLUDED_PARTS[rng.integers(len(_OCCLUDED_PARTS))]
+        n = int(round(rng.uniform(0.25, 0.7) * T)); start = int(rng.integers(0, T - n + 1))
+        if rng.random() < 0.5: c[start:start + n, part] = 0                                  # lost
+        else: c[start:start + n, part] = c[start, part] + rng.normal(0, 0.03, (n, len(part), 3))  # inferred: stuck near the last seen place
+    return c
+
 # %% ../nbs/03_data.ipynb #6a1c0109
 def synthetic_clip(action,                # action name (see `SYNTHETIC_ACTIONS`) or its index
                    subject: int,          # performer, 1-based (1-6 train, 7-10 test in the default dataset)
@@ -641,7 +667,7 @@ def synthetic_clip(action,                # action name (see `SYNTHETIC_ACTIONS`
     view = 1 + take % 3 if view is None else int(view)
     if view not in VIEW_YAW: raise ValueError(f'view must be one of {sorted(VIEW_YAW)}, got {view}')
     fn, duration = _ACTIONS[name]
-    speed, amp = subj.speed * rng.uniform(0.8, 1.25), subj.amplitude * rng.uniform(0.8, 1.2)
+    speed, amp = subj.speed * rng.uniform(0.7, 1.4), subj.amplitude * rng.uniform(0.8, 1.2)
     pre, post = rng.uniform(0.1, 2.0, 2)
     active = duration / speed
     length = int(round((pre + active + post) * FPS))                     # frames the camera records at 30 fps
@@ -665,34 +691,22 @@ def synthetic_clip(action,                # action name (see `SYNTHETIC_ACTIONS`
     else:
         if bystanders and rng.random() < 0.3: _fidget(p, t, rng)
         fn(p, u, amp, side, rng)
-        bodies = [_place(p, rng.uniform(-25, 25), (0, 0, 0))]
+        bodies = [_place(p, rng.uniform(-60, 60), (0, 0, 0))]
         if bystanders and rng.random() < 0.2:
             q = idle(synthetic_subject(int(rng.integers(1, 11)), seed + 2000)); _fidget(q, t, rng)
             bodies.append(_place(q, rng.uniform(-60, 60), (rng.choice([-1, 1]) * rng.uniform(0.8, 1.5), 0, rng.uniform(0, 1))))
     if name in TWO_PERSON_ACTIONS and rng.random() < 0.5: bodies = bodies[::-1]   # who is listed first is arbitrary
-    camera = rotation('x', rng.uniform(-3, 10)) @ rotation('y', VIEW_YAW[view] + rng.uniform(-20, 20))
-    offset = np.array([rng.uniform(-0.4, 0.4), rng.uniform(-1.0, -0.6), rng.uniform(2.6, 3.6)])
+    camera = rotation('z', rng.uniform(-5, 5)) @ rotation('x', rng.uniform(-5, 30)) @ rotation('y', VIEW_YAW[view] + rng.uniform(-20, 20))
+    offset = np.array([rng.uniform(-0.5, 0.5), rng.uniform(-1.1, -0.5), rng.uniform(2.2, 4.2)])
     clip = np.zeros((T, NTU25.num_joints, 2, 3))
-    for m, body in enumerate(bodies):
-        c = body @ camera.T + offset
-        if noise:
-            c += rng.normal(0, 0.006, c.shape)
-            c[:, _EXTREMITIES] += rng.normal(0, 0.012, (T, len(_EXTREMITIES), 3))
-        if glitches:
-            for _ in range(rng.poisson(0.8)):
-                j, start, kind = rng.choice(_GLITCH_JOINTS), rng.integers(0, T), rng.random()
-                n = max(1, int(round(rng.integers(2, 8) / per_frame)))
-                if kind < 0.35: c[start:start + n, j] = 0                                       # lost: reported at the origin
-                elif kind < 0.8: c[start:start + n, j] += rng.normal(0, 0.06, c[start:start + n, j].shape)  # jitter
-                else: c[start:start + n, j] = c[start, j]                                       # frozen
-        clip[:, :, m] = c
+    for m, body in enumerate(bodies): clip[:, :, m] = _record(body @ camera.T + offset, rng, per_frame, noise, glitches)
     present = np.abs(clip).sum((1, 3), keepdims=True) > 0
     clip = clip - clip[:, NTU25.center:NTU25.center + 1, :1] * present
     out = np.ascontiguousarray(clip.transpose(3, 0, 1, 2), dtype=np.float32)
     return (out, {'length': length, 'view': view, 'persons': len(bodies)}) if return_meta else out
 
 # %% ../nbs/03_data.ipynb #2543db7f
-SYNTHETIC_VERSION = 1
+SYNTHETIC_VERSION = 2
 SYNTHETIC_SUBJECTS = tuple(range(1, 11))
 SYNTHETIC_SPLITS = {'train': (1, 2, 3, 4, 5, 6), 'test': (7, 8, 9, 10)}
 
