@@ -15,10 +15,11 @@ __all__ = ['MAIN_BUDGETS', 'MainConfig', 'stage_data', 'stage_pretrain', 'evalua
            'run_main']
 
 # %% ../nbs/14_main.ipynb #725aaf32
-# per method: the preset, epochs, batch and config changes of the main job's budget (a few minutes on 2 CPU cores)
+# per method: the preset, epochs, batch, method-config and TrainConfig changes of the main job's budget (a few minutes on 2 CPU cores)
 MAIN_BUDGETS = {
-    'skeletonclr': dict(preset='lesson', epochs=8, batch_size=64,
-                        method_overrides=dict(hidden_channels=16, hidden_dim=256, feature_dim=128, queue_size=2048)),
+    'skeletonclr': dict(preset='lesson', epochs=15, batch_size=32,
+                        method_overrides=dict(hidden_channels=8, hidden_dim=128, feature_dim=128, queue_size=256, momentum=0.99, temperature=0.2),
+                        train_overrides=dict(optimizer='adamw', lr=1e-3, weight_decay=1e-4, schedule='cosine', warmup_epochs=1)),
     'crossclr': dict(preset='lesson'), 'aimclr': dict(preset='lesson'), 'a2mc': dict(preset='lesson'),
     'skeattnclr': dict(preset='lesson'),
 }
@@ -38,13 +39,16 @@ class MainConfig:
     report: bool = True            # write report.html
     method_overrides: dict | None = None  # method config fields
     max_clips: int | None = None   # use only this many training and test clips (quick runs)
+    train_overrides: dict | None = None   # TrainConfig fields (optimizer, lr, schedule, ...)
 
     def __post_init__(self):
         budget = MAIN_BUDGETS.get(self.method, {})
+        if self.preset is None: self.train_overrides = budget.get('train_overrides') if self.train_overrides is None else self.train_overrides
         for k in ('preset', 'epochs', 'batch_size', 'method_overrides'):
             if getattr(self, k) is None: setattr(self, k, budget.get(k))
         if self.preset is None: self.preset = 'lesson'
         if self.method_overrides is None: self.method_overrides = {}
+        self.train_overrides = dict(self.train_overrides or {})   # the budget's optimiser only with the budget's preset
 
 # %% ../nbs/14_main.ipynb #2e09c065
 def stage_data(cfg: MainConfig) -> dict:
@@ -65,7 +69,7 @@ def stage_pretrain(cfg: MainConfig, data: dict):
     from skelnb.train import method_train_config
     from skelnb.evaluate import knn_monitor
     from skelnb.train import Trainer
-    over = {k: v for k, v in dict(epochs=cfg.epochs, batch_size=cfg.batch_size).items() if v is not None}
+    over = {**cfg.train_overrides, **{k: v for k, v in dict(epochs=cfg.epochs, batch_size=cfg.batch_size).items() if v is not None}}
     tc = method_train_config(cfg.method, cfg.preset, seed=cfg.seed, device=cfg.device,
                              out_dir=str(Path(cfg.out) / 'pretrain'), **over)
     method = build_method(cfg.method, cfg.preset, seed=cfg.seed, **with_data_layout(cfg.method, data['train'], cfg.method_overrides))
