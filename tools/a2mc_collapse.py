@@ -7,7 +7,8 @@ cosine of the unit query embeddings), then the KNN-1 accuracy (test clips agains
 probe of the trained model and of the same model untrained (same seed). With `--save`, the run is added to
 `data/results/a2mc_collapse_ablations.json` (replacing a run of the same name).
 
-    python tools/a2mc_collapse.py --name stgcn_lesson --cfg '{"backbone": "stgcn"}' --tcfg '{"epochs": 4}' --save
+    python tools/a2mc_collapse.py --name stgcn_lesson_v2 --preset lesson --tcfg '{"epochs": 4}' --save
+    python tools/a2mc_collapse.py --name scdnet_lesson_v2 --preset lesson_scdnet --tcfg '{"epochs": 2}' --every 3 --save
 """
 import argparse, json, os, platform, shlex, tempfile, time
 from pathlib import Path
