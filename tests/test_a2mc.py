@@ -15,7 +15,7 @@ from skelnb.augment.presets import a2mc_view
 from skelnb.data import ArrayDataset
 from skelnb.losses import scd_losses
 from skelnb.mixers import a2mc_mix_loss
-from skelnb.train import Trainer, TrainConfig, seed_everything
+from skelnb.train import Trainer, TrainConfig, seed_everything, embedding_stats
 from skelnb.checkpoint import latest_checkpoint, checkpoint_path
 
 
@@ -35,7 +35,9 @@ def batch_of(n=8, **kw):
     return {'x': x, 'label': torch.arange(n) % 3, 'index': torch.arange(n), 'length': lengths}
 
 
-def lesson(**kw): return A2MCConfig.preset('lesson', **kw)
+def lesson(**kw):
+    "The released backbone at lesson size (the tiny SCD-Net): the preset the mechanics are checked on."
+    return A2MCConfig.preset('lesson_scdnet', **kw)
 
 
 # ---------------------------------------------------------------- shapes
@@ -189,10 +191,55 @@ def test_trainer_resume_is_bit_identical(tmp_path):
     assert [h['loss'] for h in straight.history] == [h['loss'] for h in resumed.history]
 
 
+# ---------------------------------------------------------------- the lesson preset does not collapse
+
+def _query_spread(m, x) -> tuple:
+    "(raw per-dimension std of the unit backbone features, mean pair cosine qq of the unit query embeddings) of clips `x`."
+    m.eval()
+    with torch.no_grad():
+        f, q = m.encode(x), m.embed(m.eval_aug(x, None, None), 'q')['i']
+    m.train()
+    return embedding_stats(f)['emb_std'], (q @ q.t()).mean().item()
+
+
+def test_lesson_preset_does_not_collapse(tmp_path):
+    from skelnb.data import SkeletonDataset, ensure_synthetic_dataset
+    train = SkeletonDataset(ensure_synthetic_dataset(), 'train')
+    part = torch.utils.data.Subset(train, list(range(0, len(train), 2)))          # 360 clips, 22 steps an epoch
+    x = torch.stack([train[i]['x'] for i in range(0, len(train), 12)][:64])
+    seed_everything(0)
+    m = A2MC(A2MCConfig.preset('lesson'))
+    assert m.config.backbone == 'stgcn' and m.config.momentum_schedule == 'cosine'
+    std0, qq0 = _query_spread(m, x)
+    cfg = method_train_config('a2mc', 'lesson', epochs=2, progress=False, out_dir=str(tmp_path))
+    tr = Trainer(m, part, cfg).fit()
+    std1, qq1 = _query_spread(m, x)
+    last = tr.history[-1]
+    d = m.feature_dim_out
+    assert last['collapsed'] == 0.0 and last['emb_std'] > 0.5 / d ** 0.5 and last['emb_rank'] > 2, last
+    assert std1 > 10 * std0 and std1 > 0.02, (std0, std1)      # the features spread out (collapsed SCD-Net: about 1e-3)
+    # qq is no test of collapse for this backbone: the untrained ST-GCN's pooled ReLU features are all positive, so even its
+    # random twin has qq = 1.000; training lowers it (to about 0.9 after 4 full epochs)
+    assert qq1 < qq0, (qq0, qq1)
+
+
+def test_released_scdnet_lesson_config_builds():
+    cfg = A2MCConfig.preset('lesson_scdnet')
+    assert cfg == A2MCConfig(encoder='tiny', frames=16, feature_dim=32, min_crop=16, bank_size=256, attack_classes=32)
+    assert (cfg.backbone, cfg.momentum, cfg.momentum_schedule, cfg.attack, cfg.pnm_mode) == ('scdnet', 0.999, 'constant', True, 'released')
+    m = A2MC(cfg)
+    assert isinstance(m.backbone, SCDNetBackbone) and set(m.banks) == {'t', 's', 'i'}
+    assert A2MCConfig.preset('lesson', backbone='scdnet').encoder_config() == cfg.encoder_config()
+    assert method_train_config('a2mc', 'lesson_scdnet') == method_train_config('a2mc', 'lesson')
+    for name in ('paper', 'code_defaults'):                    # SCD-Net's released recipe, unchanged
+        c = A2MCConfig.preset(name)
+        assert (c.backbone, c.encoder, c.momentum, c.momentum_schedule, c.frames) == ('scdnet', 'paper', 0.999, 'constant', 64)
+
+
 # ---------------------------------------------------------------- presets and config
 
 def test_presets_construct():
-    assert set(A2MC_PRESETS) == set(A2MC_TRAIN_RECIPES) >= {'paper', 'lesson', 'stgcn'}
+    assert set(A2MC_PRESETS) == set(A2MC_TRAIN_RECIPES) >= {'paper', 'code_defaults', 'lesson', 'lesson_scdnet', 'stgcn'}
     for name in A2MC_PRESETS:
         cfg, tcfg = A2MCConfig.preset(name), method_train_config('a2mc', name)
         assert cfg.bank_size % tcfg.batch_size == 0
