@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'CheckpointError', 'atomic_write', 'atomic_save', 'checkpoint_path', 'list_checkpoints',
-           'latest_checkpoint', 'load_weights', 'method_identity', 'read_checkpoint', 'load_method_weights',
+__all__ = ['CHECKPOINT_FORMAT', 'RELEASE_KEYS', 'SHIPPED_DIR', 'CheckpointError', 'atomic_write', 'atomic_save',
+           'checkpoint_path', 'list_checkpoints', 'latest_checkpoint', 'load_weights', 'method_identity',
+           'read_checkpoint', 'load_method_weights', 'release_checkpoint', 'shipped_checkpoint',
            'upstream_encoder_state', 'load_upstream_checkpoint']
 
 # %% ../nbs/81_checkpoint.ipynb #7eef2408
@@ -107,6 +108,29 @@ def load_method_weights(method: nn.Module, path) -> nn.Module:
     except RuntimeError as e:
         raise CheckpointError(f"{path}: the weights do not fit this {method_identity(method)[0]!r} (different sizes?): {e}") from e
     return method
+
+# %% ../nbs/81_checkpoint.ipynb #9d5ee687
+RELEASE_KEYS = ('format', 'method', 'method_version', 'method_config', 'model', 'epoch', 'step', 'config', 'history', 'torch_version')
+
+def release_checkpoint(src,   # a training checkpoint written by the Trainer
+                       dst,   # the file to write (atomically)
+                      ) -> Path:
+    "Write a slim copy of `src` for release: the weights, what rebuilds the method and the training record; no optimizer or RNG state."
+    ckpt = read_checkpoint(src)
+    if 'model' not in ckpt: raise CheckpointError(f'{src}: the checkpoint holds no model weights')
+    return atomic_save({k: ckpt[k] for k in RELEASE_KEYS if k in ckpt}, dst)
+
+# %% ../nbs/81_checkpoint.ipynb #e7186449
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / 'data' / 'checkpoints' if '__file__' in globals() else Path('../data/checkpoints').resolve()
+
+def shipped_checkpoint(name: str, # e.g. 'skeletonclr_synthetic' (see data/checkpoints/*.json)
+                      ) -> Path:
+    "Path of an encoder shipped with the repository; a clear error listing the shipped ones when `name` is not."
+    path = SHIPPED_DIR / f'{name}.pt'
+    if not path.is_file():
+        have = sorted(p.stem for p in SHIPPED_DIR.glob('*.pt')) if SHIPPED_DIR.is_dir() else []
+        raise CheckpointError(f'no shipped checkpoint {name!r} in {SHIPPED_DIR}; shipped: {have or "none (a source checkout has them)"}')
+    return path
 
 # %% ../nbs/81_checkpoint.ipynb #8f5f8bcd
 def _unwrap_state_dict(obj, where):

@@ -9,8 +9,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['COMMANDS', 'parse_overrides', 'main_cli', 'prepare_cli', 'pretrain', 'pretrain_cli', 'evaluate_cli', 'bench_cli',
-           'main']
+__all__ = ['COMMANDS', 'parse_overrides', 'main_cli', 'prepare_cli', 'pretrain', 'pretrain_cli', 'evaluate_cli',
+           'evaluate_script', 'bench_cli', 'main']
 
 # %% ../nbs/95_cli.ipynb #3b6e8d2f
 def _parse_value(text: str):
@@ -195,7 +195,7 @@ def evaluate_cli(argv=None) -> list:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument('--checkpoint', help='checkpoint written by skelnb.train.Trainer')
     src.add_argument('--random', metavar='PRESET', help='a randomly initialised ST-GCN of this preset (a floor), e.g. tiny')
-    ap.add_argument('--data', required=True, help='prepared data folder (skelnb.prepare)')
+    ap.add_argument('--data', required=True, help='prepared data folder, or synthetic, utd, nw_ucla, msr (prepared on first use)')
     ap.add_argument('--train-data', default=None, help='prepared folder of the training split, when it differs (transfer)')
     ap.add_argument('--train-split', default='train'); ap.add_argument('--test-split', default='test')
     ap.add_argument('--stream', default=None, choices=('joint', 'motion', 'bone'),
@@ -214,13 +214,21 @@ def evaluate_cli(argv=None) -> list:
     a = ap.parse_args(argv)
     protocols = check_protocols(a.protocols)
     if a.checkpoint and a.stream: ap.error('--stream applies to --random encoders; a method uses the stream of its configuration')
-    rows = run_evaluation(a.data, a.checkpoint, a.random, a.out, protocols, train_data=a.train_data, train_split=a.train_split,
+    from skelnb.data import resolve_dataset
+    data, train_data = resolve_dataset(a.data), (resolve_dataset(a.train_data) if a.train_data else None)
+    rows = run_evaluation(data, a.checkpoint, a.random, a.out, protocols, train_data=train_data, train_split=a.train_split,
                           test_split=a.test_split, stream=a.stream, ridge_floor=a.ridge_floor, epochs=a.epochs,
                           ft_epochs=a.ft_epochs, ft_batch_size=a.ft_batch_size, val_fraction=a.val_fraction,
                           fractions=[float(x) for x in a.fractions.split(',')], seeds=[int(x) for x in a.seeds.split(',') if x],
                           cache_features=a.cache_features, model_layout=a.model_layout, device=a.device, seed=a.seed, argv=argv)
     print(results_table(rows))
     return rows
+
+# %% ../nbs/95_cli.ipynb #f7784a20
+def evaluate_script(argv=None) -> int:
+    "Entry point of `skelnb-evaluate`: runs `evaluate_cli` and returns the exit status (its rows are for Python callers)."
+    evaluate_cli(argv)
+    return 0
 
 # %% ../nbs/95_cli.ipynb #1a943dad
 def bench_cli(argv=None):

@@ -24,7 +24,7 @@ __all__ = ['ENSEMBLE_WEIGHTS', 'PROTOCOLS', 'model_device', 'encode_batch', 'ext
            'FineTuneProbe', 'finetune_evaluation', 'subset_indices', 'semi_supervised_evaluation', 'LayoutDataset',
            'dataset_layout', 'transfer_evaluation', 'ensemble_scores', 'ensemble_accuracy', 'check_protocols',
            'knn_evaluation', 'run_protocols', 'random_floor', 'raw_ridge_floor', 'results_table', 'save_results',
-           'method_from_checkpoint', 'run_evaluation']
+           'method_from_checkpoint', 'run_evaluation', 'even_slice', 'shipped_encoder_checks']
 
 # %% ../nbs/12_evaluate.ipynb #042016d7
 def model_device(model: nn.Module) -> torch.device:
@@ -759,3 +759,22 @@ def run_evaluation(data,                        # prepared folder of the test sp
     save_results(rows, Path(out) / 'results.json', checkpoint=checkpoint, random=random, data=str(data),
                  train_data=str(train_root), protocols=protocols, stream=stream, argv=argv)
     return rows
+
+# %% ../nbs/12_evaluate.ipynb #3142fa7e
+def even_slice(n: int, k: int) -> np.ndarray:
+    "`k` indices spread evenly over `range(n)` (all of them when `k >= n`)."
+    return np.linspace(0, n - 1, min(n, k)).round().astype(int)
+
+
+def shipped_encoder_checks(model,            # a method rebuilt from a checkpoint (`load_method`)
+                           root,             # prepared dataset folder
+                           n_train: int = 240, n_test: int = 160, # slice sizes
+                           n_fingerprint: int = 4,                # fixed test clips of the fingerprint
+                          ) -> dict:
+    "Fingerprint features of the first test clips and KNN-1 (%) on an even slice: what a shipped checkpoint's card records."
+    from skelnb.data import SkeletonDataset
+    tr, te = SkeletonDataset(root, 'train'), SkeletonDataset(root, 'test')
+    tr, te = SkeletonDataset(root, 'train', subset=even_slice(len(tr), n_train)), SkeletonDataset(root, 'test', subset=even_slice(len(te), n_test))
+    ftr, ytr = extract_features(model, tr); fte, yte = extract_features(model, te)
+    return {'fingerprint': fte[:n_fingerprint].double().tolist(), 'knn1_slice': knn_accuracy(ftr, ytr, fte, yte, 1),
+            'slice': {'n_train': len(tr), 'n_test': len(te)}}

@@ -17,9 +17,9 @@ __all__ = ['MAIN_BUDGETS', 'MainConfig', 'stage_data', 'stage_pretrain', 'evalua
 # %% ../nbs/14_main.ipynb #725aaf32
 # per method: the preset, epochs, batch, method-config and TrainConfig changes of the main job's budget (a few minutes on 2 CPU cores)
 MAIN_BUDGETS = {
-    'skeletonclr': dict(preset='lesson', epochs=15, batch_size=32,
+    'skeletonclr': dict(preset='lesson', epochs=15, batch_size=16,
                         method_overrides=dict(hidden_channels=8, hidden_dim=128, feature_dim=128, queue_size=256, momentum=0.99, temperature=0.2),
-                        train_overrides=dict(optimizer='adamw', lr=1e-3, weight_decay=1e-4, schedule='cosine', warmup_epochs=1)),
+                        train_overrides=dict(optimizer='adamw', lr=1e-3, weight_decay=1e-4, schedule='cosine', warmup_epochs=0.5, keep_last=1)),
     'crossclr': dict(preset='lesson'), 'aimclr': dict(preset='lesson'), 'a2mc': dict(preset='lesson'),
     'skeattnclr': dict(preset='lesson'),
 }

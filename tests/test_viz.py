@@ -345,9 +345,12 @@ def test_bench_player_update_runs_and_agrees():
 
 
 # ---------------------------------------------------------------- hygiene
+WIDGET_MODULES = ('viz', 'explore', 'mechanisms', 'attack_explorer')   # the widgets layer (ARCHITECTURE.md)
+
+
 def test_computational_modules_do_not_import_plotly():
     "The light core: importing any module except the widget ones leaves plotly and ipywidgets unloaded."
-    mods = sorted(p.stem for p in (ROOT / 'skelnb').glob('*.py') if not p.stem.startswith('_') and p.stem not in ('viz', 'explore'))
+    mods = sorted(p.stem for p in (ROOT / 'skelnb').glob('*.py') if not p.stem.startswith('_') and p.stem not in WIDGET_MODULES)
     code = ('import importlib, sys\n'
             f'for m in {mods!r}: importlib.import_module("skelnb." + m)\n'
             'print(sorted(k for k in ("plotly", "ipywidgets", "jupyterlab", "skelnb.viz") if k in sys.modules))')

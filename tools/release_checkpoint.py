@@ -1,0 +1,44 @@
+"""Ship a trained encoder: a slim checkpoint in data/checkpoints/ and its card (recipe, training log, results, checks).
+
+    python tools/release_checkpoint.py runs/main skeletonclr_synthetic --command "skelnb-main"
+
+RUN_DIR is a main-job output folder (results.json, pretrain/checkpoint_*.pt). The card's `checks` are what
+tests/test_shipped_checkpoints.py re-computes on every machine.
+"""
+import argparse, json, platform, sys
+from pathlib import Path
+import torch
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from skelnb.checkpoint import latest_checkpoint, release_checkpoint
+from skelnb.methods.catalog import load_method
+from skelnb.evaluate import shipped_encoder_checks
+from skelnb.prepare import read_info
+from skelnb.bench import machine_info
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('run_dir'); p.add_argument('name'); p.add_argument('--command', required=True)
+    a = p.parse_args(argv)
+    run, out = Path(a.run_dir), ROOT / 'data' / 'checkpoints'
+    res = json.loads((run / 'results.json').read_text())
+    src = latest_checkpoint(run / 'pretrain')
+    dst = release_checkpoint(src, out / f'{a.name}.pt')
+    ck = torch.load(dst, weights_only=True)
+    model = load_method(dst)
+    root = Path(res['dataset'])
+    info = read_info(root)
+    card = {'name': a.name, 'file': f'data/checkpoints/{a.name}.pt', 'bytes': dst.stat().st_size,
+            'method': ck['method'], 'method_version': ck['method_version'], 'command': a.command,
+            'data': {'name': info.get('name'), 'source': info.get('source'), 'generator': info.get('generator'), 'splits': info.get('splits')},
+            'method_config': ck['method_config'], 'train_config': ck.get('config'),
+            'measured_on': machine_info(),
+            'seconds': res.get('seconds'), 'results': res.get('rows'),
+            'history': [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in ck.get('history', [])],
+            'checks': shipped_encoder_checks(model, root)}
+    (out / f'{a.name}.json').write_text(json.dumps(card, indent=1) + '\n')
+    print(f"{dst} ({card['bytes'] / 1e6:.1f} MB), KNN-1 on the slice {card['checks']['knn1_slice']:.2f} %")
+
+
+if __name__ == '__main__': main()
