@@ -9,6 +9,7 @@ import torch
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from plotly.colors import qualitative
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['PROJECTIONS', 'GROUPINGS', 'project', 'class_color', 'embedding_traces', 'embedding_figure', 'curves_figure',
@@ -204,105 +205,123 @@ class EmbeddingExplorer:
                               self.player_box, self.neighbour_box])
 
     # -- data ---------------------------------------------------------------
-    def coords(self, name=None, method=None, dims=None) -> np.ndarray:
-        "The projection of encoder `name` (cached)."
-        name = name or next(iter(self.features))
-        key = (name, method or self.method_dd.value, dims or self.dims_tb.value)
-        if key not in self._cache: self._cache[key] = project(self.features[name], key[1], key[2])
-        return self._cache[key]
 
-    def groups(self, color_by=None) -> tuple:
-        "Group value of each row and the names of the groups, for a colouring."
-        by = color_by or self.color_dd.value
-        if by == 'class': return self.labels, self.class_names
-        vals = self.meta[by]
-        return vals, {int(v): f'{by} {int(v)}' for v in np.unique(vals)}
+# %% ../nbs/13_explore.ipynb #555c2511
+@patch
+def coords(self: EmbeddingExplorer, name=None, method=None, dims=None) -> np.ndarray:
+    "The projection of encoder `name` (cached)."
+    name = name or next(iter(self.features))
+    key = (name, method or self.method_dd.value, dims or self.dims_tb.value)
+    if key not in self._cache: self._cache[key] = project(self.features[name], key[1], key[2])
+    return self._cache[key]
 
-    def hover_text(self) -> list:
-        names = self.class_names
-        out = []
-        for r in range(self.n):
-            y = int(self.labels[r]); t = f'split index {int(self.index[r])}<br>label {y}' + (f' {names[y]}' if names is not None and y < len(names) else '')
-            for k, v in self.meta.items(): t += f'<br>{k} {int(v[r])}'
-            out.append(t)
-        return out
+@patch
+def groups(self: EmbeddingExplorer, color_by=None) -> tuple:
+    "Group value of each row and the names of the groups, for a colouring."
+    by = color_by or self.color_dd.value
+    if by == 'class': return self.labels, self.class_names
+    vals = self.meta[by]
+    return vals, {int(v): f'{by} {int(v)}' for v in np.unique(vals)}
 
-    # -- figure ---------------------------------------------------------------
-    def _figure(self):
-        names, dims = list(self.features), self.dims_tb.value
-        spec = {'type': 'scene'} if dims == 3 else {'type': 'xy'}
-        sub = make_subplots(rows=1, cols=len(names), specs=[[spec] * len(names)], subplot_titles=names if len(names) > 1 else None)
-        groups, gnames = self.groups()
-        hover = self.hover_text()
+@patch
+def hover_text(self: EmbeddingExplorer) -> list:
+    names = self.class_names
+    out = []
+    for r in range(self.n):
+        y = int(self.labels[r]); t = f'split index {int(self.index[r])}<br>label {y}' + (f' {names[y]}' if names is not None and y < len(names) else '')
+        for k, v in self.meta.items(): t += f'<br>{k} {int(v[r])}'
+        out.append(t)
+    return out
+
+# -- figure ---------------------------------------------------------------
+
+@patch
+def _figure(self: EmbeddingExplorer):
+    names, dims = list(self.features), self.dims_tb.value
+    spec = {'type': 'scene'} if dims == 3 else {'type': 'xy'}
+    sub = make_subplots(rows=1, cols=len(names), specs=[[spec] * len(names)], subplot_titles=names if len(names) > 1 else None)
+    groups, gnames = self.groups()
+    hover = self.hover_text()
+    for c, name in enumerate(names):
+        xy = self.coords(name)
+        for tr in embedding_traces(xy, groups, gnames, index=np.arange(self.n), hover=hover, showlegend=c == 0):
+            sub.add_trace(tr, row=1, col=c + 1)
+        star = dict(name='selected', mode='markers', showlegend=False, hoverinfo='skip',
+                    marker=dict(size=14 if dims == 2 else 7, symbol='star' if dims == 2 else 'diamond', color='black'))
+        sub.add_trace(go.Scatter3d(x=[], y=[], z=[], **star) if dims == 3 else go.Scatter(x=[], y=[], **star), row=1, col=c + 1)
+    sub.update_layout(height=self.height, legend_title_text=self.color_dd.value, margin=dict(l=10, r=10, t=40, b=10),
+                      title=f'{self.method_dd.value.upper()} ({dims}-D) of {self.n} samples')
+    fig = go.FigureWidget(sub)
+    for tr in fig.data:
+        if tr.name != 'selected': tr.on_click(self._on_click)
+    return fig
+
+@patch
+def traces(self: EmbeddingExplorer, name=None) -> list:
+    "The group traces of encoder `name`'s subplot (the 'selected' marker excluded)."
+    names = list(self.features); c = names.index(name or names[0])
+    per = len(self.fig.data) // len(names)
+    return [t for t in self.fig.data[c * per:(c + 1) * per] if t.name != 'selected']
+
+# %% ../nbs/13_explore.ipynb #35def263
+@patch
+def redraw(self: EmbeddingExplorer):
+    "Rebuild the figure from the current controls."
+    self.fig = self._figure()
+    self.widget.children = (self.widget.children[0], self.fig, *self.widget.children[2:])
+    if self.selected is not None: self._mark(self.selected)
+
+@patch
+def _on_control(self: EmbeddingExplorer, change): self.redraw()
+
+# -- selection --------------------------------------------------------------
+
+@patch
+def _on_click(self: EmbeddingExplorer, trace, points, state=None):
+    "plotly click callback: select the clicked sample."
+    inds = list(getattr(points, 'point_inds', []) or [])
+    if inds: self.select(int(np.asarray(trace.customdata)[inds[0]]))
+
+@patch
+def _mark(self: EmbeddingExplorer, row):
+    names = list(self.features); per = len(self.fig.data) // len(names)
+    with self.fig.batch_update():
         for c, name in enumerate(names):
-            xy = self.coords(name)
-            for tr in embedding_traces(xy, groups, gnames, index=np.arange(self.n), hover=hover, showlegend=c == 0):
-                sub.add_trace(tr, row=1, col=c + 1)
-            star = dict(name='selected', mode='markers', showlegend=False, hoverinfo='skip',
-                        marker=dict(size=14 if dims == 2 else 7, symbol='star' if dims == 2 else 'diamond', color='black'))
-            sub.add_trace(go.Scatter3d(x=[], y=[], z=[], **star) if dims == 3 else go.Scatter(x=[], y=[], **star), row=1, col=c + 1)
-        sub.update_layout(height=self.height, legend_title_text=self.color_dd.value, margin=dict(l=10, r=10, t=40, b=10),
-                          title=f'{self.method_dd.value.upper()} ({dims}-D) of {self.n} samples')
-        fig = go.FigureWidget(sub)
-        for tr in fig.data:
-            if tr.name != 'selected': tr.on_click(self._on_click)
-        return fig
+            star, p = self.fig.data[(c + 1) * per - 1], self.coords(name)[row]
+            star.x, star.y = [p[0]], [p[1]]
+            if self.dims_tb.value == 3: star.z = [p[2]]
 
-    def traces(self, name=None) -> list:
-        "The group traces of encoder `name`'s subplot (the 'selected' marker excluded)."
-        names = list(self.features); c = names.index(name or names[0])
-        per = len(self.fig.data) // len(names)
-        return [t for t in self.fig.data[c * per:(c + 1) * per] if t.name != 'selected']
+@patch
+def clip(self: EmbeddingExplorer, row: int) -> np.ndarray:
+    "The clip of row `row` of the features."
+    if self.dataset is None: raise ValueError('no dataset: clips cannot be shown')
+    return self.dataset.clip(row) if hasattr(self.dataset, 'clip') else self.dataset[row]['x'].numpy()
 
-    def redraw(self):
-        "Rebuild the figure from the current controls."
-        self.fig = self._figure()
-        self.widget.children = (self.widget.children[0], self.fig, *self.widget.children[2:])
-        if self.selected is not None: self._mark(self.selected)
+@patch
+def select(self: EmbeddingExplorer, row: int):
+    "Select row `row`: mark it, play its clip, show its nearest neighbours."
+    from skelnb.viz import SkeletonPlayer, ComparisonPlayer   # imported here: widgets are built on demand
+    row = int(row)
+    if not 0 <= row < self.n: raise IndexError(f'sample {row} outside 0..{self.n - 1}')
+    self.selected = row
+    if self.sample.value != row: self.sample.value = row
+    self._mark(row)
+    first = next(iter(self.features))
+    self.neighbours = nearest_neighbours(self.features[first], row, min(self.k, self.n - 1))[0] if self.k else np.zeros(0, int)
+    y = int(self.labels[row]); name = self.class_names[y] if self.class_names is not None and y < len(self.class_names) else str(y)
+    nn_txt = ', '.join(f'{int(j)} ({self.class_names[int(self.labels[j])] if self.class_names is not None else int(self.labels[j])})' for j in self.neighbours)
+    self.status.value = f'<b>sample {row}</b> (split index {int(self.index[row])}, {name}); nearest in {first!r}: {nn_txt}'
+    if self.dataset is not None:
+        self.player = SkeletonPlayer(self.clip(row), layout=self.layout, title=f'sample {row}: {name}', height=380)
+        self.player_box.children = (self.player.widget,)
+        if len(self.neighbours):
+            clips = {f'sample {row}': self.clip(row), **{f'neighbour {int(j)}': self.clip(int(j)) for j in self.neighbours}}
+            self.neighbour_player = ComparisonPlayer(clips, layout=self.layout, title='nearest neighbours', height=340)
+            self.neighbour_box.children = (self.neighbour_player.widget,)
+    return self
 
-    def _on_control(self, change): self.redraw()
-
-    # -- selection --------------------------------------------------------------
-    def _on_click(self, trace, points, state=None):
-        "plotly click callback: select the clicked sample."
-        inds = list(getattr(points, 'point_inds', []) or [])
-        if inds: self.select(int(np.asarray(trace.customdata)[inds[0]]))
-
-    def _mark(self, row):
-        names = list(self.features); per = len(self.fig.data) // len(names)
-        with self.fig.batch_update():
-            for c, name in enumerate(names):
-                star, p = self.fig.data[(c + 1) * per - 1], self.coords(name)[row]
-                star.x, star.y = [p[0]], [p[1]]
-                if self.dims_tb.value == 3: star.z = [p[2]]
-
-    def clip(self, row: int) -> np.ndarray:
-        "The clip of row `row` of the features."
-        if self.dataset is None: raise ValueError('no dataset: clips cannot be shown')
-        return self.dataset.clip(row) if hasattr(self.dataset, 'clip') else self.dataset[row]['x'].numpy()
-
-    def select(self, row: int):
-        "Select row `row`: mark it, play its clip, show its nearest neighbours."
-        from skelnb.viz import SkeletonPlayer, ComparisonPlayer   # imported here: widgets are built on demand
-        row = int(row)
-        if not 0 <= row < self.n: raise IndexError(f'sample {row} outside 0..{self.n - 1}')
-        self.selected = row
-        if self.sample.value != row: self.sample.value = row
-        self._mark(row)
-        first = next(iter(self.features))
-        self.neighbours = nearest_neighbours(self.features[first], row, min(self.k, self.n - 1))[0] if self.k else np.zeros(0, int)
-        y = int(self.labels[row]); name = self.class_names[y] if self.class_names is not None and y < len(self.class_names) else str(y)
-        nn_txt = ', '.join(f'{int(j)} ({self.class_names[int(self.labels[j])] if self.class_names is not None else int(self.labels[j])})' for j in self.neighbours)
-        self.status.value = f'<b>sample {row}</b> (split index {int(self.index[row])}, {name}); nearest in {first!r}: {nn_txt}'
-        if self.dataset is not None:
-            self.player = SkeletonPlayer(self.clip(row), layout=self.layout, title=f'sample {row}: {name}', height=380)
-            self.player_box.children = (self.player.widget,)
-            if len(self.neighbours):
-                clips = {f'sample {row}': self.clip(row), **{f'neighbour {int(j)}': self.clip(int(j)) for j in self.neighbours}}
-                self.neighbour_player = ComparisonPlayer(clips, layout=self.layout, title='nearest neighbours', height=340)
-                self.neighbour_box.children = (self.neighbour_player.widget,)
-        return self
-
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
+# %% ../nbs/13_explore.ipynb #b668dca1
+@patch
+def _ipython_display_(self: EmbeddingExplorer):
+    from IPython.display import display
+    display(self.widget)

@@ -199,7 +199,7 @@ def aimclr_views(method, x, seed: int = 0) -> tuple:
         xe = method.augmented(x, method.extreme, 1)[0]
     return xq, xk, xe
 
-
+# %% ../nbs/13b_mechanisms.ipynb #73083212
 def method_views(method,        # any of the five methods (object or checkpoint path)
                  clip,          # one raw clip `(C, T, V, M)`
                  partner=None,  # a second clip (SkeAttnCLR swaps parts between clips; default: the clip mirrored in time)

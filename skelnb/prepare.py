@@ -78,6 +78,7 @@ def _check_meta(meta, n):
         if len(meta[k]) != n: raise ValueError(f'meta[{k!r}] has {len(meta[k])} entries for {n} samples')
     return meta
 
+# %% ../nbs/02_prepare.ipynb #54ddd3d8
 def _update_info(out_dir, split, n, T, M, info):
     p = Path(out_dir) / 'info.json'
     cur = json.loads(p.read_text()) if p.exists() else {}
@@ -150,6 +151,7 @@ def load_prepared(prepared_dir, # a prepared dataset folder
     if check_values is True or (check_values == 'auto' and data.nbytes <= 2 ** 30): _check_values(data, paths[0])
     return data, labels, meta
 
+# %% ../nbs/02_prepare.ipynb #e2f29603
 def data_channels(info:dict,    # a prepared folder's `info.json` (see `read_info`)
                  ) -> list:     # channel names, e.g. ['x', 'y', 'z'] or ['x', 'y', 'score']
     "What the C axis of a prepared folder holds: `info['channels']`, or x, y, z for folders that do not record it."
@@ -771,6 +773,7 @@ def prepare_nw_ucla(src=None,                 # the `all_sqe` folder (default: t
             'protocol': 'cross-view: views 1 and 2 train, view 3 test', 'source': str(src)}
     return prepare_samples(out, samples, load, info, normalization, frames, persons, skipped=skipped, **norm_kwargs)
 
+# %% ../nbs/02_prepare.ipynb #ddd5ffc7
 def prepare_utd(src=None,                 # the folder of `*_skel_K2.mat` files (default: the shared data folder)
                 out='data/utd_kinect_v2',
                 frames:int=50,

@@ -55,6 +55,7 @@ class GraphConvUnit(nn.Module):
         self.num_partitions = num_partitions
         self.conv = Conv2d(in_channels, out_channels * num_partitions, kernel_size=1)
 
+# %% ../../nbs/06b_encoders.stgcn.ipynb #add375c7
 class STGCNBlock(nn.Module):
     "One ST-GCN block on channels-last features `(B, T, V, C)`: graph conv, temporal conv, residual, dropout."
     def __init__(self, in_channels, out_channels, num_partitions=3, stride=1, residual=True, temporal_kernel=9,
