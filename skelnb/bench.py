@@ -161,8 +161,10 @@ def _run_suite(quick, device):
     return _timed_command([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', 'tests'])
 
 
-def _run_epoch(quick, device):
-    return run_isolated('skelnb.bench', 'bench_pretrain_epoch', dataset='nw_ucla', quick=quick, device=device)
+def _run_epoch(method='skeletonclr', preset='paper', **overrides):
+    "A case runner: one pretraining epoch of `method` on NW-UCLA at batch 64 (the real-data table's batch), in a fresh process."
+    return lambda quick, device: run_isolated('skelnb.bench', 'bench_pretrain_epoch', dataset='nw_ucla', method=method, preset=preset,
+                                              batch_size=64, overrides=overrides, quick=quick, device=device)
 
 # %% ../nbs/90_bench.ipynb #7bf270ca
 def _read(skelnb_key, ref_key, unit, higher=True):
@@ -212,8 +214,11 @@ def bench_cases() -> list:
           _run_method('skeletonclr', low_memory=True), _read('peak_rss_mb', None, 'MB', higher=False), '< 2048 MB', max_value(2048), needs='methods'),
         C('skeletonclr_step_low', 'methods', 'SkeletonCLR training step, batch 128 (paper preset, low_memory=True)',
           _run_method('skeletonclr', low_memory=True), _read('samples_per_s', None, 'samples/s'), needs='methods'),
-        C('nw_ucla_epoch', 'methods', 'SkeletonCLR pretraining epoch on NW-UCLA train (1020 clips)', _run_epoch,
-          _read('seconds', None, 's', higher=False), needs='shared'),
+        *[C(f'nw_ucla_epoch{suffix}', 'methods', f'{label} pretraining epoch on NW-UCLA train (1020 clips, batch 64)', _run_epoch(m, p, **o),
+            _read('seconds', None, 's', higher=False), needs='shared')
+          for suffix, m, label, p, o in [('', 'skeletonclr', 'SkeletonCLR', 'paper', {}), ('_crossclr', 'crossclr', 'CrosSCLR', 'paper', {}),
+                                         ('_aimclr', 'aimclr', 'AimCLR', 'paper', {}), ('_a2mc', 'a2mc', 'A2MC on ST-GCN-16', 'stgcn', dict(bank_size=1024, att_aug={'joint_weights': None})),
+                                         ('_skeattnclr', 'skeattnclr', 'SkeAttnCLR-16, 50 frames', 'paper', dict(hidden_channels=16, frames=50))]],
         C('main_job', 'pipeline', 'README main job (skelnb-main, set-up excluded)', _run_main_job,
           _read('seconds', None, 's', higher=False), '< 300 s', max_value(300)),
         C('test_suite', 'pipeline', 'the whole test suite (make test)', _run_suite,
@@ -806,7 +811,10 @@ def bench_method_step(name: str = 'skeletonclr', preset: str = 'paper', batch_si
 
 
 def bench_pretrain_epoch(dataset: str = 'nw_ucla', method: str = 'skeletonclr', preset: str = 'paper',
-                         quick: bool = False, device: str = 'cpu') -> dict:
+                         quick: bool = False, device: str = 'cpu',
+                         batch_size: int = 128,         # pretraining batch (quick: 16)
+                         overrides: dict | None = None, # method config changes (e.g. a narrower SkeAttnCLR)
+                        ) -> dict:
     "Seconds of one Trainer epoch of `method` on the training split of `dataset` (quick: 64 clips)."
     from skelnb.data import SkeletonDataset, resolve_dataset
     from skelnb.methods.catalog import build_method, with_data_layout
@@ -815,10 +823,11 @@ def bench_pretrain_epoch(dataset: str = 'nw_ucla', method: str = 'skeletonclr', 
     root = resolve_dataset(dataset)
     ds = SkeletonDataset(root, 'train', subset=list(range(64)) if quick else None)
     cfg = method_train_config(method, preset, epochs=1, device=device, progress=False,
-                              batch_size=16 if quick else 128, **({} if not quick else {'drop_last': False}))
-    model = build_method(method, preset, **with_data_layout(method, ds))
+                              batch_size=16 if quick else batch_size, **({} if not quick else {'drop_last': False}))
+    model = build_method(method, preset, **with_data_layout(method, ds, overrides))
     seconds = timeit(lambda: Trainer(model, ds, cfg).fit(), 1, 0)
-    return {'dataset': str(root), 'clips': len(ds), 'method': method, 'preset': preset, 'seconds': seconds}
+    return {'dataset': str(root), 'clips': len(ds), 'method': method, 'preset': preset, 'batch_size': cfg.batch_size,
+            'overrides': overrides or {}, 'seconds': seconds}
 
 # %% ../nbs/90_bench.ipynb #77bff51e
 from .data import ArrayDataset, derive_seed, make_loader
