@@ -43,12 +43,12 @@ class MainConfig:
 
     def __post_init__(self):
         budget = MAIN_BUDGETS.get(self.method, {})
-        if self.preset is None: self.train_overrides = budget.get('train_overrides') if self.train_overrides is None else self.train_overrides
+        if self.train_overrides is None and self.preset is None: self.train_overrides = budget.get('train_overrides')  # the budget's optimiser only with its preset
         for k in ('preset', 'epochs', 'batch_size', 'method_overrides'):
             if getattr(self, k) is None: setattr(self, k, budget.get(k))
         if self.preset is None: self.preset = 'lesson'
         if self.method_overrides is None: self.method_overrides = {}
-        self.train_overrides = dict(self.train_overrides or {})   # the budget's optimiser only with the budget's preset
+        self.train_overrides = dict(self.train_overrides or {})
 
 # %% ../nbs/14_main.ipynb #2e09c065
 def stage_data(cfg: MainConfig) -> dict:

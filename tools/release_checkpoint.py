@@ -5,7 +5,7 @@
 RUN_DIR is a main-job output folder (results.json, pretrain/checkpoint_*.pt). The card's `checks` are what
 tests/test_shipped_checkpoints.py re-computes on every machine.
 """
-import argparse, json, platform, sys
+import argparse, json, sys
 from pathlib import Path
 import torch
 ROOT = Path(__file__).resolve().parent.parent
