@@ -66,8 +66,8 @@ def methods():
     from skelnb.methods.catalog import METHODS, build_method, one_step
     x = torch.randn(6, 3, 50, 25, 2)
     x[::2, ..., 1] = 0                                   # every other clip has no second person
-    for name in METHODS:
-        m = build_method(name, 'lesson')
+    for name, preset in [(n, 'lesson') for n in METHODS] + [('a2mc', 'lesson_scdnet')]:   # A2MC's attack on SCD-Net too
+        m = build_method(name, preset)
         for step in range(REPS // 4):
             terms, _ = one_step(m, {'x': x.clone()}, epoch=step)
             if not all(torch.isfinite(torch.tensor(v)) for v in terms.values()): sys.exit(f'{name}: non-finite loss terms {terms}')
