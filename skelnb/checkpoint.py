@@ -13,8 +13,8 @@ from torch import nn
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'RELEASE_KEYS', 'SHIPPED_DIR', 'CheckpointError', 'atomic_write', 'atomic_save',
            'checkpoint_path', 'list_checkpoints', 'latest_checkpoint', 'load_weights', 'method_identity',
-           'read_checkpoint', 'load_method_weights', 'release_checkpoint', 'shipped_checkpoint',
-           'upstream_encoder_state', 'load_upstream_checkpoint']
+           'read_checkpoint', 'load_method_weights', 'key_side', 'restore_key_side', 'release_checkpoint',
+           'shipped_checkpoint', 'upstream_encoder_state', 'load_upstream_checkpoint']
 
 # %% ../nbs/81_checkpoint.ipynb #7eef2408
 CHECKPOINT_FORMAT = 'skelnb.train/1'
@@ -98,6 +98,9 @@ def read_checkpoint(path,                          # a file written by `Trainer.
         if tuple(got) != want:
             raise CheckpointError(f'{path} was written by method {got[0]!r} version {got[1]}, '
                                   f'but is being loaded into {want[0]!r} version {want[1]}')
+    if 'release' in ckpt and isinstance(ckpt.get('model'), dict):   # a compact release: float32 again, key side restored
+        sd = {k: v.float() if v.is_floating_point() else v for k, v in ckpt['model'].items()}
+        ckpt['model'] = restore_key_side(sd, ckpt['release'].get('key_side_from', {}))
     return ckpt
 
 
@@ -112,13 +115,37 @@ def load_method_weights(method: nn.Module, path) -> nn.Module:
 # %% ../nbs/81_checkpoint.ipynb #9d5ee687
 RELEASE_KEYS = ('format', 'method', 'method_version', 'method_config', 'model', 'epoch', 'step', 'config', 'history', 'torch_version')
 
-def release_checkpoint(src,   # a training checkpoint written by the Trainer
-                       dst,   # the file to write (atomically)
+def key_side(state_dict: dict) -> dict:
+    "Key-side (momentum) module prefix -> its query twin, found by name: `encoder_k` <- `encoder_q`, `projector_k` <- `projector_q`, ..."
+    tops = {k.split('.')[0] for k in state_dict}
+    return {t: t.replace('_k', '_q', 1) for t in sorted(tops) if '_k' in t and t.replace('_k', '_q', 1) in tops}
+
+
+def restore_key_side(state_dict: dict, pairs: dict) -> dict:
+    "The state dict with each key-side module filled in as a copy of its query twin (`pairs` from `key_side`)."
+    out = dict(state_dict)
+    for key, query in pairs.items():
+        for k, v in state_dict.items():
+            if k.startswith(query + '.'): out[key + k[len(query):]] = v.clone()
+    return out
+
+
+def release_checkpoint(src,                    # a training checkpoint written by the Trainer
+                       dst,                    # the file to write (atomically)
+                       query_only: bool = False, # drop the momentum (key) side; it is restored as a copy of the query side on reading
+                       half: bool = False,     # store floating-point tensors in float16 (read back as float32)
                       ) -> Path:
     "Write a slim copy of `src` for release: the weights, what rebuilds the method and the training record; no optimizer or RNG state."
     ckpt = read_checkpoint(src)
     if 'model' not in ckpt: raise CheckpointError(f'{src}: the checkpoint holds no model weights')
-    return atomic_save({k: ckpt[k] for k in RELEASE_KEYS if k in ckpt}, dst)
+    out = {k: ckpt[k] for k in RELEASE_KEYS if k in ckpt}
+    sd, pairs = dict(out['model']), key_side(out['model']) if query_only else {}
+    sd = {k: v for k, v in sd.items() if k.split('.')[0] not in pairs}
+    if half: sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+    if query_only or half: out['release'] = {'key_side_from': pairs, 'dtype': 'float16' if half else 'float32'}
+    out['model'] = sd
+    return atomic_save(out, dst)
+
 
 # %% ../nbs/81_checkpoint.ipynb #e7186449
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / 'data' / 'checkpoints' if '__file__' in globals() else Path('../data/checkpoints').resolve()

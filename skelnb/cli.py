@@ -43,12 +43,13 @@ def main_cli(argv=None):
     p.add_argument('--max-clips', type=int, default=None, help='use only this many training and test clips')
     p.add_argument('--set', nargs='*', default=[], metavar='FIELD=VALUE', help='method config overrides')
     p.add_argument('--train-set', nargs='*', default=[], metavar='FIELD=VALUE', help='TrainConfig overrides (optimizer, lr, schedule, ...)')
+    p.add_argument('--snapshots', type=int, default=d.snapshots, help='test clips whose embeddings are stored every epoch (0: none)')
     a = p.parse_args(argv)
     from skelnb.checkpoint import CheckpointError
     try:
         cfg = MainConfig(a.data, a.method, a.preset, a.epochs, a.batch_size, a.out, a.seed, a.device, not a.no_report,
                          parse_overrides(a.set) if a.set else None, a.max_clips,
-                         parse_overrides(a.train_set, '--train-set') if a.train_set else None)
+                         parse_overrides(a.train_set, '--train-set') if a.train_set else None, a.snapshots)
         run_main(cfg)
     except (KeyError, ValueError, TypeError, FileNotFoundError, CheckpointError) as e:
         p.exit(2, f'skelnb-main: error: {e}\n')

@@ -40,6 +40,7 @@ class MainConfig:
     method_overrides: dict | None = None  # method config fields
     max_clips: int | None = None   # use only this many training and test clips (quick runs)
     train_overrides: dict | None = None   # TrainConfig fields (optimizer, lr, schedule, ...)
+    snapshots: int = 120           # test clips whose embeddings are stored after every epoch (pretrain/embeddings.npz; 0: none)
 
     def __post_init__(self):
         budget = MAIN_BUDGETS.get(self.method, {})
@@ -68,14 +69,15 @@ def stage_pretrain(cfg: MainConfig, data: dict):
     from skelnb.methods.catalog import build_method, with_data_layout
     from skelnb.train import method_train_config
     from skelnb.evaluate import knn_monitor
-    from skelnb.train import Trainer
+    from skelnb.train import Trainer, EmbeddingSnapshotCB
     over = {**cfg.train_overrides, **{k: v for k, v in dict(epochs=cfg.epochs, batch_size=cfg.batch_size).items() if v is not None}}
     tc = method_train_config(cfg.method, cfg.preset, seed=cfg.seed, device=cfg.device,
                              out_dir=str(Path(cfg.out) / 'pretrain'), **over)
     method = build_method(cfg.method, cfg.preset, seed=cfg.seed, **with_data_layout(cfg.method, data['train'], cfg.method_overrides))
     tc.monitor_every = max(1, tc.epochs // 4)
     monitor = knn_monitor(data['train'], data['test'], k=1)
-    return Trainer(method, data['train'], tc, monitor).fit()
+    snaps = [EmbeddingSnapshotCB(data['test'], cfg.snapshots)] if cfg.snapshots else []   # random states untouched
+    return Trainer(method, data['train'], tc, monitor, callbacks=snaps).fit()
 
 # %% ../nbs/14_main.ipynb #adcdea4c
 def evaluate_encoder(model, data: dict, name: str) -> dict:

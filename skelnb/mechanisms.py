@@ -667,10 +667,11 @@ def skeattnclr_widget(method, dataset, index: int = 0) -> FigureControls:
 
 # %% ../nbs/13b_mechanisms.ipynb #3ec92449
 def as_snapshots(snapshots) -> dict:
-    "Snapshot arrays from an `embeddings.npz` path, a checkpoint path (its folder's file), an `EmbeddingSnapshotCB` or its dict."
+    "Snapshot arrays from an `embeddings.npz` path, a checkpoint path (`NAME.embeddings.npz` beside a shipped one, else its folder's file), an `EmbeddingSnapshotCB` or its dict."
     if isinstance(snapshots, (str, Path)):
         p = Path(snapshots)
-        return load_snapshots(p.parent / 'embeddings.npz' if p.suffix == '.pt' else p)
+        if p.suffix == '.pt': p = p.with_suffix('.embeddings.npz') if p.with_suffix('.embeddings.npz').is_file() else p.parent / 'embeddings.npz'
+        return load_snapshots(p)
     if hasattr(snapshots, 'arrays'): return snapshots.arrays()
     return dict(snapshots)
 

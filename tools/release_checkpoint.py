@@ -1,11 +1,12 @@
 """Ship a trained encoder: a slim checkpoint in data/checkpoints/ and its card (recipe, training log, results, checks).
 
     python tools/release_checkpoint.py runs/main skeletonclr_synthetic --command "skelnb-main"
+    python tools/release_checkpoint.py runs/real/nw_ucla-crossclr-s0 crossclr_nw_ucla --command "..." --query-only --half
 
 RUN_DIR is a main-job output folder (results.json, pretrain/checkpoint_*.pt). The card's `checks` are what
 tests/test_shipped_checkpoints.py re-computes on every machine.
 """
-import argparse, json, sys
+import argparse, json, shutil, sys
 from pathlib import Path
 import torch
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,11 +21,13 @@ from skelnb.bench import machine_info
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('run_dir'); p.add_argument('name'); p.add_argument('--command', required=True)
+    p.add_argument('--query-only', action='store_true', help='drop the momentum side (restored from the query side on reading)')
+    p.add_argument('--half', action='store_true', help='store the weights in float16 (read back as float32)')
     a = p.parse_args(argv)
     run, out = Path(a.run_dir), ROOT / 'data' / 'checkpoints'
     res = json.loads((run / 'results.json').read_text())
     src = latest_checkpoint(run / 'pretrain')
-    dst = release_checkpoint(src, out / f'{a.name}.pt')
+    dst = release_checkpoint(src, out / f'{a.name}.pt', query_only=a.query_only, half=a.half)
     ck = torch.load(dst, weights_only=True)
     model = load_method(dst)
     root = Path(res['dataset'])
@@ -32,11 +35,13 @@ def main(argv=None):
     card = {'name': a.name, 'file': f'data/checkpoints/{a.name}.pt', 'bytes': dst.stat().st_size,
             'method': ck['method'], 'method_version': ck['method_version'], 'command': a.command,
             'data': {'name': info.get('name'), 'source': info.get('source'), 'generator': info.get('generator'), 'splits': info.get('splits')},
-            'method_config': ck['method_config'], 'train_config': ck.get('config'),
+            'method_config': ck['method_config'], 'train_config': ck.get('config'), 'release': ck.get('release'),
             'measured_on': machine_info(),
-            'seconds': res.get('seconds'), 'results': res.get('rows'),
+            'seconds': res.get('seconds'), 'results': res.get('results'),
             'history': [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in ck.get('history', [])],
             'checks': shipped_encoder_checks(model, root)}
+    snaps = src.parent / 'embeddings.npz'        # embeddings of fixed test clips after every epoch (EmbeddingSnapshotCB)
+    if snaps.is_file(): shutil.copyfile(snaps, out / f'{a.name}.embeddings.npz'); card['embeddings'] = f'data/checkpoints/{a.name}.embeddings.npz'
     (out / f'{a.name}.json').write_text(json.dumps(card, indent=1) + '\n')
     print(f"{dst} ({card['bytes'] / 1e6:.1f} MB), KNN-1 on the slice {card['checks']['knn1_slice']:.2f} %")
 

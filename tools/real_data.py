@@ -1,0 +1,147 @@
+"""The real-data results: each method's CPU recipe, run, evaluated, collected into data/results and the README table.
+
+    python tools/real_data.py run nw_ucla skeletonclr --seed 0   # pretraining + KNN/probe/twin/floor, then linear + semi
+    python tools/real_data.py collect nw_ucla                    # data/results/real_nw_ucla.json, prints the README table
+    python tools/real_data.py release nw_ucla skeletonclr        # data/checkpoints/skeletonclr_nw_ucla.pt and its card
+
+A run writes runs/real/<data>-<method>-s<seed>/ (main job output, eval/, commands.json with both commands and their
+wall times). The recipes below are the whole budget: epochs at batch 64 on the two CPU cores, one torch thread per run
+when two runs share the machine. Nothing here is chosen on the test split: the linear protocol keeps the epoch that
+is best on a validation share of the training clips, the probe and KNN are fitted on the training clips only.
+"""
+import argparse, json, os, shlex, statistics, subprocess, sys, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / 'runs' / 'real'
+
+COMMON = ['--batch-size', '64', '--train-set', 'schedule=cosine']
+RECIPES = {   # method -> (preset, epochs, method overrides); SGD lr 0.1 with a cosine decay over the run, batch 64
+    'skeletonclr': ('paper', 60, ['queue_size=512', 'momentum=0.99']),
+    'crossclr': ('paper', 60, ['queue_size=512', 'momentum=0.99', 'switch_epoch=30']),
+    'aimclr': ('paper', 40, ['queue_size=512', 'momentum=0.99', 'switch_epoch=20']),
+    'a2mc': ('stgcn', 60, ['bank_size=1024', 'momentum=0.99', 'momentum_schedule=cosine', 'att_aug={"joint_weights": null}']),
+    'skeattnclr': ('paper', 40, ['queue_size=512', 'hidden_channels=16', 'frames=50', 'momentum=0.99']),
+}
+EVALUATE = ['--protocols', 'linear,semi', '--cache-features', '--val-fraction', '0.2', '--fractions', '0.1',
+            '--seeds', '0,1', '--ft-epochs', '30', '--ft-batch-size', '16']
+
+
+def run_dir(data, method, seed): return RUNS / f'{data}-{method}-s{seed}'
+
+
+def commands(data, method, seed):
+    "The two commands of one table row (as a user types them from the repository root)."
+    preset, epochs, over = RECIPES[method]
+    out = run_dir(data, method, seed).relative_to(ROOT)
+    main = ['skelnb-main', '--data', data, '--method', method, '--preset', preset, '--epochs', str(epochs), '--seed', str(seed),
+            '--out', str(out), *COMMON[:2], '--set', *over, *COMMON[2:]]
+    ckpt = out / 'pretrain' / f'checkpoint_e{epochs:04d}.pt'
+    ev = ['skelnb-evaluate', '--checkpoint', str(ckpt), '--data', f'data/{data}', *EVALUATE, '--out', str(out / 'eval')]
+    return main, ev
+
+
+def _bin(cmd): return [str(Path(sys.executable).parent / cmd[0]), *cmd[1:]]
+
+
+def run(data, method, seed, threads):
+    env = {**os.environ, 'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)}
+    d = run_dir(data, method, seed); d.mkdir(parents=True, exist_ok=True)
+    record = {'threads': threads}
+    if (d / 'commands.json').is_file(): record = json.loads((d / 'commands.json').read_text())
+    for key, cmd in zip(('main', 'evaluate'), commands(data, method, seed)):
+        if key in record: continue   # done already (a run is resumed step by step)
+        t0 = time.perf_counter()
+        with open(d / f'{key}.log', 'w') as log: subprocess.run(_bin(cmd), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+        record[key] = shlex.join(cmd); record[f'seconds_{key}'] = round(time.perf_counter() - t0, 1)
+        (d / 'commands.json').write_text(json.dumps(record, indent=1))
+
+
+def _rows(d):
+    main = json.loads((d / 'results.json').read_text())
+    ev = json.loads((d / 'eval' / 'results.json').read_text()) if (d / 'eval' / 'results.json').is_file() else []
+    return main, ev if isinstance(ev, list) else ev.get('rows', ev.get('results', []))
+
+
+def _pick(rows, model_part, protocol, setting_part=''):
+    for r in rows:
+        if model_part in str(r.get('model', '')) and r['protocol'] == protocol and setting_part in str(r.get('setting', '')): return r['accuracy']
+    return None
+
+
+def row_of(d):
+    "The numbers of one run folder."
+    main, ev = _rows(d)
+    rows, cmds = main['results'], json.loads((d / 'commands.json').read_text())
+    semi = next((r for r in ev if r['protocol'] == 'semi'), None)
+    return {'knn1': _pick(rows, 'pretrained', 'knn', 'k=1'), 'knn1_random': _pick(rows, 'random', 'knn', 'k=1'),
+            'probe': _pick(rows, 'pretrained', 'linear probe'), 'probe_random': _pick(rows, 'random', 'linear probe'),
+            'linear': next((r['accuracy'] for r in ev if r['protocol'] == 'linear'), None),
+            'semi10': semi and semi['accuracy'], 'ridge_floor': _pick(rows, 'raw joints', 'ridge floor'),
+            'minutes_pretrain': round(main['seconds']['pretrain'] / 60, 1), 'threads': cmds.get('threads'),
+            'main_command': cmds.get('main'), 'evaluate_command': cmds.get('evaluate'),
+            'seconds_main': cmds.get('seconds_main'), 'seconds_evaluate': cmds.get('seconds_evaluate'),
+            'main': rows, 'evaluate': ev}
+
+
+NUMBERS = ('knn1', 'knn1_random', 'probe', 'probe_random', 'linear', 'semi10', 'ridge_floor', 'minutes_pretrain')
+
+
+def collect(data):
+    from skelnb.bench import machine_info
+    out = {'data': data, 'protocol': 'see info.json of the prepared data', 'measured_on': machine_info(), 'methods': {}}
+    for method in RECIPES:
+        seeds = sorted(int(p.name.rsplit('-s', 1)[1]) for p in RUNS.glob(f'{data}-{method}-s*') if (p / 'results.json').is_file() and (p / 'commands.json').is_file())
+        if not seeds: continue
+        per = {s: row_of(run_dir(data, method, s)) for s in seeds}
+        summary = {}
+        for k in NUMBERS:
+            vals = [per[s][k] for s in seeds if per[s][k] is not None]
+            if vals: summary[k] = {'mean': statistics.mean(vals), 'std': statistics.stdev(vals) if len(vals) > 1 else 0.0, 'n': len(vals)}
+        preset, epochs, over = RECIPES[method]
+        out['methods'][method] = {'recipe': {'preset': preset, 'epochs': epochs, 'overrides': over, 'common': COMMON},
+                                  'seeds': seeds, 'summary': summary, 'runs': {str(s): per[s] for s in seeds}}
+    dst = ROOT / 'data' / 'results' / f'real_{data}.json'
+    dst.write_text(json.dumps(out, indent=1) + '\n')
+    print(markdown(out)); print(f'\nwritten: {dst}')
+
+
+def _fmt(s, k):
+    v = s.get(k)
+    if v is None: return '-'
+    return f"{v['mean']:.1f}" + (f" ± {v['std']:.1f}" if v['n'] > 1 else '')
+
+
+def markdown(res):
+    lines = ['| method | seeds | KNN-1 | KNN-1 random init | probe | probe random init | linear (upstream, val-selected) | semi 10 % | ridge on raw joints | pretraining | budget |',
+             '|---|---|---|---|---|---|---|---|---|---|---|']
+    for m, r in res['methods'].items():
+        s = r['summary']
+        lines.append(f"| {m} | {','.join(map(str, r['seeds']))} | " + ' | '.join(_fmt(s, k) for k in NUMBERS[:7])
+                     + f" | {s['minutes_pretrain']['mean']:.0f} min | {r['recipe']['epochs']} epochs |")
+    return '\n'.join(lines)
+
+
+def release(data, method, seed):
+    d = run_dir(data, method, seed)
+    cmds = json.loads((d / 'commands.json').read_text())
+    subprocess.run([sys.executable, str(ROOT / 'tools' / 'release_checkpoint.py'), str(d), f'{method}_{data}',
+                    '--command', cmds['main'], '--query-only', '--half'], check=True, cwd=ROOT)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('action', choices=('run', 'collect', 'release', 'commands'))
+    p.add_argument('data'); p.add_argument('methods', nargs='*')
+    p.add_argument('--seed', type=int, default=0); p.add_argument('--threads', type=int, default=1)
+    a = p.parse_args(argv)
+    for m in a.methods:
+        if m not in RECIPES: p.error(f'unknown method {m!r}; known: {sorted(RECIPES)}')
+    if a.action == 'collect': return collect(a.data)
+    for m in a.methods or list(RECIPES):
+        if a.action == 'run': run(a.data, m, a.seed, a.threads)
+        elif a.action == 'release': release(a.data, m, a.seed)
+        else: print(*(shlex.join(c) for c in commands(a.data, m, a.seed)), sep='\n')
+
+
+if __name__ == '__main__': main()
