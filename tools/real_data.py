@@ -19,9 +19,9 @@ COMMON = ['--batch-size', '64', '--train-set', 'schedule=cosine']
 RECIPES = {   # method -> (preset, epochs, method overrides); SGD lr 0.1 with a cosine decay over the run, batch 64
     'skeletonclr': ('paper', 60, ['queue_size=512', 'momentum=0.99']),
     'crossclr': ('paper', 60, ['queue_size=512', 'momentum=0.99', 'switch_epoch=30']),
-    'aimclr': ('paper', 40, ['queue_size=512', 'momentum=0.99', 'switch_epoch=20']),
+    'aimclr': ('paper', 30, ['queue_size=512', 'momentum=0.99', 'switch_epoch=15']),
     'a2mc': ('stgcn', 60, ['bank_size=1024', 'momentum=0.99', 'momentum_schedule=cosine', 'att_aug={"joint_weights": null}']),
-    'skeattnclr': ('paper', 40, ['queue_size=512', 'hidden_channels=16', 'frames=50', 'momentum=0.99']),
+    'skeattnclr': ('paper', 30, ['queue_size=512', 'hidden_channels=16', 'frames=50', 'momentum=0.99']),
 }
 EVALUATE = ['--protocols', 'linear,semi', '--cache-features', '--val-fraction', '0.2', '--fractions', '0.1',
             '--seeds', '0,1', '--ft-epochs', '30', '--ft-batch-size', '16']
