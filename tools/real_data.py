@@ -76,7 +76,7 @@ def row_of(d):
     semi = next((r for r in ev if r['protocol'] == 'semi'), None)
     return {'knn1': _pick(rows, 'pretrained', 'knn', 'k=1'), 'knn1_random': _pick(rows, 'random', 'knn', 'k=1'),
             'probe': _pick(rows, 'pretrained', 'linear probe'), 'probe_random': _pick(rows, 'random', 'linear probe'),
-            'linear': next((r['accuracy'] for r in ev if r['protocol'] == 'linear'), None),
+            'linear': next((r.get('accuracy_at_best_val', r['accuracy']) for r in ev if r['protocol'] == 'linear'), None),
             'semi10': semi and semi['accuracy'], 'ridge_floor': _pick(rows, 'raw joints', 'ridge floor'),
             'minutes_pretrain': round(main['seconds']['pretrain'] / 60, 1), 'threads': cmds.get('threads'),
             'main_command': cmds.get('main'), 'evaluate_command': cmds.get('evaluate'),
