@@ -71,3 +71,12 @@ def test_checkpoint_reproduces_its_card(card, one_thread):
     got = shipped_encoder_checks(load_method(ROOT / card['file']), root, card['checks']['slice']['n_train'], card['checks']['slice']['n_test'])
     np.testing.assert_allclose(got['fingerprint'], card['checks']['fingerprint'], rtol=1e-3, atol=1e-5)
     assert abs(got['knn1_slice'] - card['checks']['knn1_slice']) <= 100 / card['checks']['slice']['n_test'] + 1e-9   # one clip
+
+
+def test_readme_lists_every_shipped_encoder_with_its_card_numbers():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('release_checkpoint', ROOT / 'tools' / 'release_checkpoint.py')
+    tool = importlib.util.module_from_spec(spec); spec.loader.exec_module(tool)
+    readme = (ROOT / 'README.md').read_text()
+    for row in tool.table_rows(json.loads(c.read_text()) for c in CARDS):
+        assert row in readme, f'README lacks (or has other numbers for) the shipped encoder row:\n{row}'

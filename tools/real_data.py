@@ -20,7 +20,7 @@ RECIPES = {   # method -> (preset, epochs, method overrides); SGD lr 0.1 with a 
     'skeletonclr': ('paper', 60, ['queue_size=512', 'momentum=0.99']),
     'crossclr': ('paper', 60, ['queue_size=512', 'momentum=0.99', 'switch_epoch=30']),
     'aimclr': ('paper', 30, ['queue_size=512', 'momentum=0.99', 'switch_epoch=15']),
-    'a2mc': ('stgcn', 60, ['bank_size=1024', 'momentum=0.99', 'momentum_schedule=cosine', 'att_aug={"joint_weights": null}']),
+    'a2mc': ('stgcn', 30, ['bank_size=1024', 'temperature=0.2', 'momentum=0.99', 'momentum_schedule=cosine', 'att_aug={"joint_weights": null}']),
     'skeattnclr': ('paper', 30, ['queue_size=512', 'hidden_channels=16', 'frames=50', 'momentum=0.99']),
 }
 EVALUATE = ['--protocols', 'linear,semi', '--cache-features', '--val-fraction', '0.2', '--fractions', '0.1',

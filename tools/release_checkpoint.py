@@ -2,6 +2,7 @@
 
     python tools/release_checkpoint.py runs/main skeletonclr_synthetic --command "skelnb-main"
     python tools/release_checkpoint.py runs/real/nw_ucla-crossclr-s0 crossclr_nw_ucla --command "..." --query-only --half
+    python tools/release_checkpoint.py --table      # the README's table of shipped encoders, from the cards
 
 RUN_DIR is a main-job output folder (results.json, pretrain/checkpoint_*.pt). The card's `checks` are what
 tests/test_shipped_checkpoints.py re-computes on every machine.
@@ -18,7 +19,25 @@ from skelnb.prepare import read_info
 from skelnb.bench import machine_info
 
 
+def card_accuracy(card, model, protocol):
+    "A card's test accuracy (%) for model 'pretrained' / 'random init' / 'raw joints' and protocol 'knn' (k = 1), 'linear probe' or 'ridge floor'."
+    return next(r['accuracy'] for r in card['results'] if r['model'].endswith(model) and r['protocol'] == protocol
+                and (protocol != 'knn' or r['setting'].startswith('k=1 ')))
+
+
+def table_rows(cards) -> list:
+    "The README's table of shipped encoders, one row per card (tests/test_shipped_checkpoints.py checks the README against it)."
+    rows = []
+    for c in cards:
+        a = lambda m, p: f'{card_accuracy(c, m, p):.1f}'
+        rows.append(f"| `{c['name']}` | {c['method']} | {c['data']['name']} | {a('pretrained', 'knn')} | {a('random init', 'knn')} | "
+                    f"{a('pretrained', 'linear probe')} | {a('random init', 'linear probe')} | {a('raw joints', 'ridge floor')} | {c['bytes'] / 1e6:.1f} MB |")
+    return rows
+
+
 def main(argv=None):
+    if argv is None and sys.argv[1:] == ['--table']:
+        print('\n'.join(table_rows(json.loads(p.read_text()) for p in sorted((ROOT / 'data' / 'checkpoints').glob('*.json'))))); return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('run_dir'); p.add_argument('name'); p.add_argument('--command', required=True)
     p.add_argument('--query-only', action='store_true', help='drop the momentum side (restored from the query side on reading)')
