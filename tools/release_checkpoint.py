@@ -42,6 +42,7 @@ def main(argv=None):
     p.add_argument('run_dir'); p.add_argument('name'); p.add_argument('--command', required=True)
     p.add_argument('--query-only', action='store_true', help='drop the momentum side (restored from the query side on reading)')
     p.add_argument('--half', action='store_true', help='store the weights in float16 (read back as float32)')
+    p.add_argument('--no-embeddings', action='store_true', help="do not ship the run's per-epoch embedding snapshots")
     a = p.parse_args(argv)
     run, out = Path(a.run_dir), ROOT / 'data' / 'checkpoints'
     res = json.loads((run / 'results.json').read_text())
@@ -60,7 +61,7 @@ def main(argv=None):
             'history': [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in ck.get('history', [])],
             'checks': shipped_encoder_checks(model, root)}
     snaps = src.parent / 'embeddings.npz'        # embeddings of fixed test clips after every epoch (EmbeddingSnapshotCB)
-    if snaps.is_file(): shutil.copyfile(snaps, out / f'{a.name}.embeddings.npz'); card['embeddings'] = f'data/checkpoints/{a.name}.embeddings.npz'
+    if snaps.is_file() and not a.no_embeddings: shutil.copyfile(snaps, out / f'{a.name}.embeddings.npz'); card['embeddings'] = f'data/checkpoints/{a.name}.embeddings.npz'
     (out / f'{a.name}.json').write_text(json.dumps(card, indent=1) + '\n')
     print(f"{dst} ({card['bytes'] / 1e6:.1f} MB), KNN-1 on the slice {card['checks']['knn1_slice']:.2f} %")
 
