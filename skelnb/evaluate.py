@@ -23,8 +23,8 @@ __all__ = ['ENSEMBLE_WEIGHTS', 'PROTOCOLS', 'model_device', 'encode_batch', 'ext
            'LinearProbe', 'FeatureDataset', 'predict_dataset', 'BestEpochCB', 'probe_config', 'linear_evaluation',
            'FineTuneProbe', 'finetune_evaluation', 'subset_indices', 'semi_supervised_evaluation', 'LayoutDataset',
            'dataset_layout', 'transfer_evaluation', 'ensemble_scores', 'ensemble_accuracy', 'check_protocols',
-           'knn_evaluation', 'run_protocols', 'random_floor', 'raw_ridge_floor', 'results_table', 'save_results',
-           'method_from_checkpoint', 'run_evaluation', 'even_slice', 'shipped_encoder_checks']
+           'knn_evaluation', 'run_protocols', 'random_floor', 'raw_ridge_floor', 'results_table', 'result_accuracy',
+           'save_results', 'method_from_checkpoint', 'run_evaluation', 'even_slice', 'shipped_encoder_checks']
 
 # %% ../nbs/12_evaluate.ipynb #042016d7
 def model_device(model: nn.Module) -> torch.device:
@@ -663,6 +663,16 @@ def results_table(rows: list, # result dicts (`protocol`, `accuracy`, ...; missi
     w = [max(len(c[i]) for c in cells) for i in range(len(cols))]
     line = lambda c: '| ' + ' | '.join(s.ljust(w[i]) for i, s in enumerate(c)) + ' |'
     return '\n'.join([line(cells[0]), '|' + '|'.join('-' * (x + 2) for x in w) + '|'] + [line(c) for c in cells[1:]])
+
+
+def result_accuracy(rows: list,         # result dicts as written by the main job and `run_evaluation`
+                    model: str,         # the end of the row's model name: 'pretrained', 'random init', 'raw joints', ...
+                    protocol: str,      # 'knn', 'linear probe', 'ridge floor', 'linear', 'semi', ...
+                    setting: str = '',  # the start of the row's setting, e.g. 'k=1 ' for KNN-1
+                   ) -> float | None:   # its accuracy (%), None when no row matches
+    "The accuracy of the first result row with this model, protocol and setting."
+    return next((r['accuracy'] for r in rows if str(r.get('model', '')).endswith(model) and r.get('protocol') == protocol
+                 and str(r.get('setting', '')).startswith(setting)), None)
 
 
 def _jsonable(v):

@@ -13,9 +13,11 @@ import argparse, json, os, shlex, statistics, subprocess, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from skelnb.evaluate import result_accuracy
 RUNS = ROOT / 'runs' / 'real'
 
-COMMON = ['--batch-size', '64', '--train-set', 'schedule=cosine']
+BATCH, SCHEDULE = ['--batch-size', '64'], ['--train-set', 'schedule=cosine']
 RECIPES = {   # method -> (preset, epochs, method overrides); SGD lr 0.1 with a cosine decay over the run, batch 64
     'skeletonclr': ('paper', 60, ['queue_size=512', 'momentum=0.99']),
     'crossclr': ('paper', 60, ['queue_size=512', 'momentum=0.99', 'switch_epoch=30']),
@@ -35,7 +37,7 @@ def commands(data, method, seed):
     preset, epochs, over = RECIPES[method]
     out = run_dir(data, method, seed).relative_to(ROOT)
     main = ['skelnb-main', '--data', data, '--method', method, '--preset', preset, '--epochs', str(epochs), '--seed', str(seed),
-            '--out', str(out), *COMMON[:2], '--set', *over, *COMMON[2:]]
+            '--out', str(out), *BATCH, '--set', *over, *SCHEDULE]
     ckpt = out / 'pretrain' / f'checkpoint_e{epochs:04d}.pt'
     ev = ['skelnb-evaluate', '--checkpoint', str(ckpt), '--data', f'data/{data}', *EVALUATE, '--out', str(out / 'eval')]
     return main, ev
@@ -57,27 +59,18 @@ def run(data, method, seed, threads):
         (d / 'commands.json').write_text(json.dumps(record, indent=1))
 
 
-def _rows(d):
-    main = json.loads((d / 'results.json').read_text())
-    ev = json.loads((d / 'eval' / 'results.json').read_text()) if (d / 'eval' / 'results.json').is_file() else []
-    return main, ev if isinstance(ev, list) else ev.get('rows', ev.get('results', []))
-
-
-def _pick(rows, model_part, protocol, setting_part=''):
-    for r in rows:
-        if model_part in str(r.get('model', '')) and r['protocol'] == protocol and setting_part in str(r.get('setting', '')): return r['accuracy']
-    return None
-
-
 def row_of(d):
     "The numbers of one run folder."
-    main, ev = _rows(d)
+    main = json.loads((d / 'results.json').read_text())
+    ev_file = d / 'eval' / 'results.json'
+    ev = json.loads(ev_file.read_text())['results'] if ev_file.is_file() else []
     rows, cmds = main['results'], json.loads((d / 'commands.json').read_text())
     semi = next((r for r in ev if r['protocol'] == 'semi'), None)
-    return {'knn1': _pick(rows, 'pretrained', 'knn', 'k=1'), 'knn1_random': _pick(rows, 'random', 'knn', 'k=1'),
-            'probe': _pick(rows, 'pretrained', 'linear probe'), 'probe_random': _pick(rows, 'random', 'linear probe'),
+    acc = lambda model, protocol, setting='': result_accuracy(rows, model, protocol, setting)
+    return {'knn1': acc('pretrained', 'knn', 'k=1 '), 'knn1_random': acc('random init', 'knn', 'k=1 '),
+            'probe': acc('pretrained', 'linear probe'), 'probe_random': acc('random init', 'linear probe'),
             'linear': next((r.get('accuracy_at_best_val', r['accuracy']) for r in ev if r['protocol'] == 'linear'), None),
-            'semi10': semi and semi['accuracy'], 'ridge_floor': _pick(rows, 'raw joints', 'ridge floor'),
+            'semi10': semi and semi['accuracy'], 'ridge_floor': acc('raw joints', 'ridge floor'),
             'minutes_pretrain': round(main['seconds']['pretrain'] / 60, 1), 'threads': cmds.get('threads'),
             'main_command': cmds.get('main'), 'evaluate_command': cmds.get('evaluate'),
             'seconds_main': cmds.get('seconds_main'), 'seconds_evaluate': cmds.get('seconds_evaluate'),
@@ -99,7 +92,7 @@ def collect(data):
             vals = [per[s][k] for s in seeds if per[s][k] is not None]
             if vals: summary[k] = {'mean': statistics.mean(vals), 'std': statistics.stdev(vals) if len(vals) > 1 else 0.0, 'n': len(vals)}
         preset, epochs, over = RECIPES[method]
-        out['methods'][method] = {'recipe': {'preset': preset, 'epochs': epochs, 'overrides': over, 'common': COMMON},
+        out['methods'][method] = {'recipe': {'preset': preset, 'epochs': epochs, 'overrides': over, 'common': BATCH + SCHEDULE},
                                   'seeds': seeds, 'summary': summary, 'runs': {str(s): per[s] for s in seeds}}
     dst = ROOT / 'data' / 'results' / f'real_{data}.json'
     dst.write_text(json.dumps(out, indent=1) + '\n')

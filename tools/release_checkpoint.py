@@ -14,22 +14,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from skelnb.checkpoint import latest_checkpoint, release_checkpoint
 from skelnb.methods.catalog import load_method
-from skelnb.evaluate import shipped_encoder_checks
+from skelnb.evaluate import shipped_encoder_checks, result_accuracy
 from skelnb.prepare import read_info
 from skelnb.bench import machine_info
-
-
-def card_accuracy(card, model, protocol):
-    "A card's test accuracy (%) for model 'pretrained' / 'random init' / 'raw joints' and protocol 'knn' (k = 1), 'linear probe' or 'ridge floor'."
-    return next(r['accuracy'] for r in card['results'] if r['model'].endswith(model) and r['protocol'] == protocol
-                and (protocol != 'knn' or r['setting'].startswith('k=1 ')))
 
 
 def table_rows(cards) -> list:
     "The README's table of shipped encoders, one row per card (tests/test_shipped_checkpoints.py checks the README against it)."
     rows = []
     for c in cards:
-        a = lambda m, p: f'{card_accuracy(c, m, p):.1f}'
+        a = lambda m, p: f"{result_accuracy(c['results'], m, p, 'k=1 ' if p == 'knn' else ''):.1f}"
         rows.append(f"| `{c['name']}` | {c['method']} | {c['data']['name']} | {a('pretrained', 'knn')} | {a('random init', 'knn')} | "
                     f"{a('pretrained', 'linear probe')} | {a('random init', 'linear probe')} | {a('raw joints', 'ridge floor')} | {c['bytes'] / 1e6:.1f} MB |")
     return rows
