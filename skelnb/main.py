@@ -46,8 +46,8 @@ class MainConfig:
     snapshots: int = 120           # test clips whose embeddings are stored after every epoch (pretrain/embeddings.npz; 0: none)
 
     def __post_init__(self):
-        budget = MAIN_BUDGETS.get(self.method, {})
-        if self.train_overrides is None and self.preset is None: self.train_overrides = budget.get('train_overrides')  # the budget's optimiser only with its preset
+        budget = MAIN_BUDGETS.get(self.method, {}) if self.preset is None else {}   # a chosen preset brings its own recipe
+        if self.train_overrides is None: self.train_overrides = budget.get('train_overrides')
         for k in ('preset', 'epochs', 'batch_size', 'method_overrides'):
             if getattr(self, k) is None: setattr(self, k, budget.get(k))
         if self.preset is None: self.preset = 'lesson'
