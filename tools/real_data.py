@@ -3,6 +3,7 @@
     python tools/real_data.py run nw_ucla skeletonclr --seed 0   # pretraining + KNN/probe/twin/floor, then linear + semi
     python tools/real_data.py collect nw_ucla                    # data/results/real_nw_ucla.json, prints the README table
     python tools/real_data.py release nw_ucla skeletonclr        # data/checkpoints/skeletonclr_nw_ucla.pt and its card
+    python tools/real_data.py ablations nw_ucla                  # data/results/nw_ucla_recipe_ablations.json
 
 A run writes runs/real/<data>-<method>-s<seed>/ (main job output, eval/, commands.json with both commands and their
 wall times). The recipes below are the whole budget: epochs at batch 64 on the two CPU cores, one torch thread per run
@@ -25,8 +26,13 @@ RECIPES = {   # method -> (preset, epochs, method overrides[, schedule]); SGD lr
     'skeletonclr': ('paper', 100, ['queue_size=512', 'momentum=0.99'], UPSTREAM_STEP),
     'crossclr': ('paper', 60, ['queue_size=512', 'momentum=0.99', 'switch_epoch=30']),
     'aimclr': ('paper', 30, ['queue_size=512', 'momentum=0.99', 'switch_epoch=15']),
+    # the released A2MC on a 16-wide ST-GCN at tau = 0.2 (at the preset's 0.07 every term reached 0 within five epochs);
+    # changing its banks (ABLATIONS) did not raise the validation accuracy, so the released form stays
     'a2mc': ('stgcn', 30, ['bank_size=1024', 'temperature=0.2', 'momentum=0.99', 'momentum_schedule=cosine', 'att_aug={"joint_weights": null}']),
-    'skeattnclr': ('paper', 30, ['queue_size=512', 'hidden_channels=16', 'frames=50', 'momentum=0.99']),
+    # the configuration of the earlier run that learned (PyTorch's initialisation, SkeletonCLR's graph, a constant lr); the
+    # faithful one (upstream's N(0, 0.02) init, the AGCN graph) stayed at chance level for 30 cosine epochs here
+    'skeattnclr': ('paper', 30, ['queue_size=512', 'hidden_channels=16', 'frames=50', 'momentum=0.99', 'graph=spatial',
+                                 'upstream_init=false'], ['--train-set', 'schedule=constant']),
 }
 EVALUATE = ['--protocols', 'linear,semi', '--cache-features', '--val-fraction', '0.2', '--fractions', '0.1',
             '--seeds', '0,1', '--ft-epochs', '30', '--ft-batch-size', '16']
@@ -36,6 +42,50 @@ def recipe(method):
     "(preset, epochs, method overrides, schedule arguments) of `method`."
     preset, epochs, over, *schedule = RECIPES[method]
     return preset, epochs, over, (schedule[0] if schedule else SCHEDULE)
+
+
+# the recipe comparisons behind RECIPES: earlier runs (moved to runs/real/candidates/) beside the recipe's run; the
+# choice is read on the validation share of the training clips (the linear protocol's best validation accuracy)
+ABLATIONS = {
+    'skeletonclr': [('60 epochs, cosine decay', 'candidates/{data}-skeletonclr-cosine60-s0'),
+                    ('100 epochs, constant then x0.1 (the recipe)', '{data}-skeletonclr-s0')],
+    'a2mc': [("released PNM loss (L_mix), banks' temperature 0.03 (the recipe)", '{data}-a2mc-s0'),
+             ("released PNM loss (L_mix), banks' temperature 0.2 (stopped at epoch 15)", 'candidates/{data}-a2mc-taum02-s0'),
+             ("PNM mixtures as extra negatives, banks' temperature 0.03 (stopped at epoch 9)", 'candidates/{data}-a2mc-denominator-s0'),
+             ("PNM mixtures as extra negatives, banks' temperature 0.2", 'candidates/{data}-a2mc-denominator-taum02-s0')],
+    'skeattnclr': [('AGCN graph, N(0, 0.02) init, independent key, cosine, 30 epochs (faithful)', 'candidates/{data}-skeattnclr-upstreaminit-cosine30-s0'),
+                   ("SkeletonCLR's graph, PyTorch init, constant lr, 30 epochs (the recipe)", '{data}-skeattnclr-s0')],
+}
+CURVE_KEYS = ('loss', 'nce', 'mix', 'bank_loss', 'global', 'salient', 'non_salient', 'knn1', 'emb_cos')
+
+
+def ablations(data):
+    "Each comparison's runs: command, per-epoch curves, final numbers and the validation accuracy that decides."
+    out = {'data': data, 'what': 'Recipe comparisons on the training clips: the decision is the best validation accuracy of the '
+           'linear protocol (20 % of the training clips held out); test-split numbers are reported, never used.', 'methods': {}}
+    for method, variants in ABLATIONS.items():
+        rows = []
+        for label, folder in variants:
+            d = RUNS / folder.format(data=data)
+            metrics = d / 'pretrain' / 'metrics.jsonl'
+            if not metrics.is_file(): continue
+            curves = {}
+            for line in metrics.read_text().splitlines():
+                rec = json.loads(line)
+                for k in CURVE_KEYS:
+                    if k in rec: curves.setdefault(k, []).append([rec['epoch'], round(rec[k], 4)])
+            row = {'label': label, 'folder': str(d.relative_to(ROOT)), 'curves': curves}
+            if (d / 'results.json').is_file():   # a finished run (a stopped one has its curves only)
+                r = row_of(d)
+                lin = next((e for e in r['evaluate'] if e['protocol'] == 'linear'), {})
+                row.update(command=r['main_command'], validation_linear=lin.get('best_val_accuracy'), **{k: r[k] for k in NUMBERS})
+            rows.append(row)
+        if rows: out['methods'][method] = rows
+    dst = ROOT / 'data' / 'results' / f'{data}_recipe_ablations.json'
+    dst.write_text(json.dumps(out, indent=1) + '\n')
+    for m, rows in out['methods'].items():
+        for r in rows: print(f"{m:12s} {r['label'][:70]:70s} val {r.get('validation_linear')}  knn1 {r.get('knn1')}  probe {r.get('probe')}")
+    print(f'written: {dst}')
 
 
 def run_dir(data, method, seed): return RUNS / f'{data}-{method}-s{seed}'
@@ -134,13 +184,14 @@ def release(data, method, seed):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('action', choices=('run', 'collect', 'release', 'commands'))
+    p.add_argument('action', choices=('run', 'collect', 'release', 'commands', 'ablations'))
     p.add_argument('data'); p.add_argument('methods', nargs='*')
     p.add_argument('--seed', type=int, default=0); p.add_argument('--threads', type=int, default=1)
     a = p.parse_args(argv)
     for m in a.methods:
         if m not in RECIPES: p.error(f'unknown method {m!r}; known: {sorted(RECIPES)}')
     if a.action == 'collect': return collect(a.data)
+    if a.action == 'ablations': return ablations(a.data)
     for m in a.methods or list(RECIPES):
         if a.action == 'run': run(a.data, m, a.seed, a.threads)
         elif a.action == 'release': release(a.data, m, a.seed)
