@@ -20,7 +20,7 @@ RUNS = ROOT / 'runs' / 'real'
 
 BATCH, SCHEDULE = ['--batch-size', '64'], ['--train-set', 'schedule=cosine']
 # SkeletonCLR's schedule has the upstream shape (constant lr 0.1, x0.1 for the last sixth: epoch 250 of 300 upstream);
-# it replaced 60 cosine epochs after a comparison on the validation share (data/results/nw_ucla_recipe_validation.json)
+# it replaced 60 cosine epochs after a comparison on the validation share (ABLATIONS below, data/results/nw_ucla_recipe_ablations.json)
 UPSTREAM_STEP = ['--train-set', 'schedule=step', 'milestones=[84]']
 RECIPES = {   # method -> (preset, epochs, method overrides[, schedule]); SGD lr 0.1, batch 64, a cosine decay unless named
     'skeletonclr': ('paper', 100, ['queue_size=512', 'momentum=0.99'], UPSTREAM_STEP),
