@@ -19,12 +19,13 @@ from .train import Callback, Trainer, TrainConfig, get_rng_states, set_rng_state
 
 # %% auto #0
 __all__ = ['ENSEMBLE_WEIGHTS', 'PROTOCOLS', 'model_device', 'encode_batch', 'extract_features', 'knn_predict', 'knn_accuracy',
-           'knn_monitor', 'ridge_fit', 'ridge_probe', 'logistic_probe', 'dataset_targets', 'split_validation',
-           'LinearProbe', 'FeatureDataset', 'predict_dataset', 'BestEpochCB', 'probe_config', 'linear_evaluation',
-           'FineTuneProbe', 'finetune_evaluation', 'subset_indices', 'semi_supervised_evaluation', 'LayoutDataset',
-           'dataset_layout', 'transfer_evaluation', 'ensemble_scores', 'ensemble_accuracy', 'check_protocols',
-           'knn_evaluation', 'run_protocols', 'random_floor', 'raw_ridge_floor', 'results_table', 'result_accuracy',
-           'save_results', 'method_from_checkpoint', 'run_evaluation', 'even_slice', 'shipped_encoder_checks']
+           'knn_monitor', 'ridge_fit', 'ridge_probe', 'stratified_folds', 'logistic_probe', 'dataset_targets',
+           'split_validation', 'LinearProbe', 'FeatureDataset', 'predict_dataset', 'BestEpochCB', 'probe_config',
+           'linear_evaluation', 'FineTuneProbe', 'finetune_evaluation', 'subset_indices', 'semi_supervised_evaluation',
+           'LayoutDataset', 'dataset_layout', 'transfer_evaluation', 'ensemble_scores', 'ensemble_accuracy',
+           'check_protocols', 'knn_evaluation', 'run_protocols', 'random_floor', 'raw_ridge_floor', 'results_table',
+           'result_accuracy', 'save_results', 'method_from_checkpoint', 'run_evaluation', 'even_slice',
+           'shipped_encoder_checks']
 
 # %% ../nbs/12_evaluate.ipynb #042016d7
 def model_device(model: nn.Module) -> torch.device:
@@ -186,29 +187,66 @@ def ridge_probe(train_f, train_y, test_f, test_y, # features `(N, D)`, `(M, D)` 
             'train_accuracy': acc(train_f, train_y), 'selection': 'none (closed form)'}
 
 # %% ../nbs/12_evaluate.ipynb #0bfeff5e
-def logistic_probe(train_f, train_y, test_f, test_y, # features and labels
-                   weight_decay: float = 1e-4,  # lambda of the L2 penalty on W
-                   max_iter: int = 200,         # L-BFGS iterations
-                   standardize: bool = True,
-                   return_model: bool = False,  # also return (W, b) and the test predictions
-                  ) -> dict:
-    "Accuracy (%) of an L2-regularised multinomial logistic regression fitted by full-batch L-BFGS."
-    (train_f, train_y), (test_f, test_y) = _check_features(train_f, train_y, 'train'), _check_features(test_f, test_y, 'test')
-    if standardize: train_f, test_f = _standardize(train_f.double(), test_f.double())
-    X, Xt = train_f.double(), test_f.double()
-    K = _num_classes(train_y, test_y)
+def _fit_logistic(X, y, K, weight_decay, max_iter) -> tuple:
+    "(W, b) of the L2-regularised multinomial logistic regression on `X` (float64), by full-batch L-BFGS."
     W = torch.zeros(X.shape[1], K, dtype=torch.float64, requires_grad=True)
     b = torch.zeros(K, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
                             history_size=20, line_search_fn='strong_wolfe')
     def closure():
         opt.zero_grad()
-        loss = F.cross_entropy(X @ W + b, train_y) + 0.5 * weight_decay * (W * W).sum()
+        loss = F.cross_entropy(X @ W + b, y) + 0.5 * weight_decay * (W * W).sum()
         loss.backward(); return loss
     with torch.enable_grad(): opt.step(closure)
-    W, b = W.detach(), b.detach()
+    return W.detach(), b.detach()
+
+
+def stratified_folds(y,              # `(N,)` labels
+                     folds: int = 5,
+                     seed: int = 0,
+                    ) -> np.ndarray:  # `(N,)` fold number of every sample
+    "Class-balanced fold numbers: each class's samples, in a seeded random order, dealt to the folds in turn."
+    y = np.asarray(y); out = np.empty(len(y), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c)); out[idx] = np.arange(len(idx)) % folds
+    return out
+
+
+def logistic_probe(train_f, train_y, test_f, test_y, # features and labels
+                   weight_decay=1e-4,           # lambda of the L2 penalty on W; a sequence: chosen by cross-validation
+                   max_iter: int = 200,         # L-BFGS iterations
+                   standardize: bool = True,
+                   return_model: bool = False,  # also return (W, b) and the test predictions
+                   folds: int = 5,              # folds of the training features when `weight_decay` is a sequence
+                  ) -> dict:
+    "Accuracy (%) of an L2-regularised multinomial logistic regression fitted by full-batch L-BFGS."
+    (train_f, train_y), (test_f, test_y) = _check_features(train_f, train_y, 'train'), _check_features(test_f, test_y, 'test')
+    K = _num_classes(train_y, test_y)
+    grid = [float(w) for w in weight_decay] if isinstance(weight_decay, (list, tuple)) else None
+    if grid is not None:   # each penalty scored on held-out training folds; the test features are not looked at
+        if not grid or min(grid) < 0: raise ValueError(f'weight_decay must be >= 0 (or a non-empty sequence of such), got {weight_decay}')
+        present = np.bincount(train_y.numpy()); folds = int(min(folds, present[present > 0].min()))   # every fold holds every class
+        if folds < 2: raise ValueError('logistic_probe: choosing weight_decay by cross-validation needs at least 2 training clips of every class')
+        fold = torch.as_tensor(stratified_folds(train_y.numpy(), folds))
+        def fold_accuracy(wd):
+            accs = []
+            for k in range(folds):
+                fit, held = fold != k, fold == k
+                a, h = train_f[fit].double(), train_f[held].double()
+                if standardize: a, h = _standardize(a, h)
+                accs.append(_top(h @ (Wb := _fit_logistic(a, train_y[fit], K, wd, max_iter))[0] + Wb[1], train_y[held]))
+            return float(np.mean(accs))
+        scores = {wd: fold_accuracy(wd) for wd in grid}
+        weight_decay = max(sorted(grid, reverse=True), key=lambda wd: scores[wd])   # ties: the stronger penalty
+    if standardize: train_f, test_f = _standardize(train_f.double(), test_f.double())
+    X, Xt = train_f.double(), test_f.double()
+    W, b = _fit_logistic(X, train_y, K, weight_decay, max_iter)
     out = {'protocol': 'probe', 'setting': f'logistic L-BFGS wd={weight_decay:g}', 'accuracy': _top(Xt @ W + b, test_y),
            'train_accuracy': _top(X @ W + b, train_y), 'selection': 'none (converged fit)'}
+    if grid is not None:
+        out['selection'] = f'wd from {len(grid)} values by {folds}-fold cross-validation on the training clips'
+        out['cv_accuracy'] = scores
     if return_model: out['model'], out['predictions'] = (W, b), (Xt @ W + b).argmax(1)   # test predictions, e.g. per class
     return out
 
