@@ -129,7 +129,8 @@ def test_upstream_keys():
     assert set(m.state_dict()) == set(SkeletonCLR(SkeletonCLRConfig.preset(**TINY)).state_dict())   # key-compatible
     g = torch.Generator().manual_seed(0)
     keys = upstream_stgcn_keys(4, 32, head='mlp', num_class=16)
-    up = {f'module.{p}.{k}': (torch.randn(s, generator=g) if s else torch.tensor(1)) for p in ('encoder_q', 'encoder_k') for k, s in keys.items()}
+    up = {f'module.{p}.{k}': (m.backbone.A.clone() if k == 'A' else torch.randn(s, generator=g) if s else torch.tensor(1))   # the real graph, as in a real checkpoint
+          for p in ('encoder_q', 'encoder_k') for k, s in keys.items()}
     rep = load_upstream_checkpoint(m.backbone, {k[7:]: v for k, v in up.items()}, prefix='encoder_q.', ignore=('fc.',))
     assert rep['missing'] == [] and rep['unexpected'] == []
     up.update({'module.queue': torch.randn(16, 64), 'module.queue_ptr': torch.tensor([4])})

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from skelnb.augment.presets import normal_view
 from skelnb.data import SkeletonDataset, ensure_synthetic_dataset
 from skelnb.checkpoint import load_upstream_checkpoint
-from skelnb.encoders.stgcn import upstream_stgcn_keys
+from skelnb.encoders.stgcn import STGCN, upstream_stgcn_keys
 from skelnb.losses import crossclr_loss_2view, crossclr_loss_3view, info_nce
 from skelnb.memory import momentum_update
 from skelnb.skeleton import joint_to_bone, joint_to_motion
@@ -181,7 +181,8 @@ def upstream_like(prefixes, hidden=4, hidden_dim=32, num_class=16, seed=0):
     "A dict shaped like an upstream checkpoint (values random), from the published key layout."
     g = torch.Generator().manual_seed(seed)
     keys = upstream_stgcn_keys(hidden, hidden_dim, head='mlp', num_class=num_class)
-    return {f'module.{p}.{k}': (torch.randn(s, generator=g) if s else torch.tensor(3)) for p in prefixes for k, s in keys.items()}
+    A = STGCN('skeletonclr', hidden_channels=hidden, hidden_dim=hidden_dim).A   # a real checkpoint holds the graph it was trained with
+    return {f'module.{p}.{k}': (A.clone() if k == 'A' else torch.randn(s, generator=g) if s else torch.tensor(3)) for p in prefixes for k, s in keys.items()}
 
 
 def test_skeletonclr_upstream_keys_and_loading():

@@ -208,6 +208,16 @@ class STGCN(nn.Module):
         else: self.edge_importance = None
         self.fc = make_head(cfg.head, cfg.hidden_dim, cfg.num_class)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        # `A` is a buffer: loading would silently swap this encoder's graph for the checkpoint's; refuse that instead
+        error_msgs, A = args[-1], state_dict.get(prefix + 'A')
+        if A is not None and A.shape == self.A.shape:
+            if not torch.allclose(A.to(self.A), self.A, atol=1e-3):   # 1e-3: a half-precision release rounds its graph
+                error_msgs.append(f'{prefix}A: the checkpoint was made with another graph than this encoder (layout {self.config.layout!r}, '
+                                  f'strategy {self.config.strategy!r}); build the encoder with the graph settings of the checkpoint')
+                return   # `A` is this module's only own tensor: nothing else to copy here
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def check_input(self, x):
         "Raise a clear error unless `x` is a batch `(N, C, T, V, M)` this encoder accepts."
         if x.dim() != 5: raise ValueError(f'expected a batch (N, C, T, V, M), got shape {tuple(x.shape)}')
