@@ -4,8 +4,8 @@
 
 # %% ../../nbs/10_methods.core.ipynb #70e16a89
 from __future__ import annotations
-import copy, dataclasses, math, warnings
-from dataclasses import dataclass, fields, replace
+import copy, math, warnings
+from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import ClassVar
 import torch
 import torch.nn.functional as F
@@ -190,8 +190,8 @@ class Contrastive(SSLMethod):
     def _use_config(self, config):
         cls = self.config_class
         config = cls() if config is None else config
-        if not isinstance(config, cls) and type(config).__name__ == cls.__name__ and dataclasses.is_dataclass(config):
-            config = cls(**dataclasses.asdict(config))   # the same config class defined again (a lesson re-running its cell): rebuilt
+        if not isinstance(config, cls) and type(config).__name__ == cls.__name__ and is_dataclass(config):
+            config = cls(**{f.name: getattr(config, f.name) for f in fields(config)})   # the same class defined again (a lesson's cell): rebuilt, fields as they are
         if not isinstance(config, cls): raise TypeError(f'{type(self).__name__}: expected a config of type {cls.__name__}, got {type(config).__name__}')
         self.config = config
         return config
