@@ -24,7 +24,7 @@ __all__ = ['ENSEMBLE_WEIGHTS', 'PROTOCOLS', 'model_device', 'encode_batch', 'ext
            'linear_evaluation', 'FineTuneProbe', 'finetune_evaluation', 'subset_indices', 'semi_supervised_evaluation',
            'LayoutDataset', 'dataset_layout', 'transfer_evaluation', 'ensemble_scores', 'ensemble_accuracy',
            'check_protocols', 'knn_evaluation', 'run_protocols', 'random_floor', 'raw_ridge_floor', 'results_table',
-           'result_accuracy', 'save_results', 'method_from_checkpoint', 'run_evaluation', 'even_slice',
+           'result_accuracy', 'mean_std_text', 'save_results', 'method_from_checkpoint', 'run_evaluation', 'even_slice',
            'shipped_encoder_checks']
 
 # %% ../nbs/12_evaluate.ipynb #042016d7
@@ -711,6 +711,13 @@ def result_accuracy(rows: list,         # result dicts as written by the main jo
     "The accuracy of the first result row with this model, protocol and setting."
     return next((r['accuracy'] for r in rows if str(r.get('model', '')).endswith(model) and r.get('protocol') == protocol
                  and str(r.get('setting', '')).startswith(setting)), None)
+
+
+def mean_std_text(summary: dict | None, # {'mean', 'std', 'n'} of one number over seeds, or None
+                 ) -> str:              # '71.8', '68.5 ± 9.6' or '-'
+    "One summarised number as the result tables print it: the mean, and ± the spread when several seeds ran."
+    if summary is None: return '-'
+    return f"{summary['mean']:.1f}" + (f" ± {summary['std']:.1f}" if summary['n'] > 1 else '')
 
 
 def _jsonable(v):

@@ -172,13 +172,14 @@ def aimclr_losses(z, z_extreme, z_drop,  # normal, extreme and extreme-with-drop
                   negatives,            # queue `(K, d)`
                   temperature=0.07,
                   nnm_topk=None,        # None before the mining epoch; an int (upstream 1) turns NNM on
+                  d3m_weight=1.0,       # weight of D3M in the total (upstream 1; 0 leaves the NCE alone, an ablation)
                  ) -> dict:             # {'nce', 'd3m', 'loss'}
     "AimCLR's loss: (multi-positive) NCE on the normal query plus D3M on the extreme views."
     lz, le, ld = (moco_logits(t, k, negatives, temperature) for t in (z, z_extreme, z_drop))
     if nnm_topk is None: nce = -F.log_softmax(lz, 1)[:, 0].mean()
     else: nce = multi_positive_nce(lz, nnm_mask(z, z_extreme, z_drop, negatives, nnm_topk))
     d3m = d3m_loss(lz, le, ld)
-    return {'nce': nce, 'd3m': d3m, 'loss': nce + d3m}
+    return {'nce': nce, 'd3m': d3m, 'loss': nce + d3m_weight * d3m}
 
 # %% ../nbs/07_losses.ipynb #7769c277
 def skeattnclr_losses(q_z, k_z,      # global query and key `(N, d)`

@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from skelnb.evaluate import result_accuracy
+from skelnb.evaluate import mean_std_text, result_accuracy
 RUNS = ROOT / 'runs' / 'real'
 
 BATCH, SCHEDULE = ['--batch-size', '64'], ['--train-set', 'schedule=cosine']
@@ -158,19 +158,13 @@ def collect(data):
     print(markdown(out)); print(f'\nwritten: {dst}')
 
 
-def _fmt(s, k):
-    v = s.get(k)
-    if v is None: return '-'
-    return f"{v['mean']:.1f}" + (f" ± {v['std']:.1f}" if v['n'] > 1 else '')
-
-
 def markdown(res):
     "The table as typed in the README and the real-data lesson (which checks its typed table against this JSON)."
     lines = ['| method | seeds | KNN-1 | KNN-1 random init | probe | probe random init | linear (upstream, val-selected) | semi 10 % | ridge on raw joints | pretraining | epochs |',
              '|---|---|---|---|---|---|---|---|---|---|---|']
     for m, r in res['methods'].items():
         s = r['summary']
-        lines.append(f"| {m} | {','.join(map(str, r['seeds']))} | " + ' | '.join(_fmt(s, k) for k in NUMBERS[:7])
+        lines.append(f"| {m} | {','.join(map(str, r['seeds']))} | " + ' | '.join(mean_std_text(s.get(k)) for k in NUMBERS[:7])
                      + f" | {s['minutes_pretrain']['mean']:.0f} min | {r['recipe']['epochs']} |")
     return '\n'.join(lines)
 

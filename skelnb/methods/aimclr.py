@@ -28,6 +28,7 @@ class AimCLRConfig(SkeletonCLRConfig):
     eadm_legacy: bool = False      # quirk: the first release's all-ones masks (EADM a no-op)
     switch_epoch: int = 150        # 0-based epoch from which NNM is on (upstream mining_epoch)
     topk: int = 1                  # neighbours nominated by each of z, z_extreme, z_drop
+    d3m_weight: float = 1.0        # weight of D3M in the loss (upstream 1; 0 is the ablation without it)
 
     def check(self):
         super().check()
@@ -37,6 +38,7 @@ class AimCLRConfig(SkeletonCLRConfig):
         check_field(o, 'keep_prob', self.keep_prob, 0 < self.keep_prob <= 1, 'a value in (0, 1]')
         check_field(o, 'eadm_lambda', self.eadm_lambda, self.eadm_lambda > 0, 'a positive number')
         check_field(o, 'switch_epoch', self.switch_epoch, isinstance(self.switch_epoch, int) and self.switch_epoch >= 0, 'an int >= 0')
+        check_field(o, 'd3m_weight', self.d3m_weight, self.d3m_weight >= 0, 'a number >= 0')
         check_field(o, 'topk', self.topk, isinstance(self.topk, int) and 1 <= self.topk <= self.queue_size, f'an int in 1..queue_size={self.queue_size}')
 
 
@@ -92,6 +94,6 @@ class AimCLR(SkeletonCLR):
         z_e, z_d = extreme_embeddings(self.encoder_q, self.stream(x_e), self.eadm)
         k = self.key(x_k)                              # EMA step, then the key
         nnm = self.nnm_on(epoch)
-        terms = aimclr_losses(z, z_e, z_d, k, self.queue.negatives.clone(), c.temperature, c.topk if nnm else None)
+        terms = aimclr_losses(z, z_e, z_d, k, self.queue.negatives.clone(), c.temperature, c.topk if nnm else None, c.d3m_weight)
         self.queue.enqueue(k)
         return {'loss': terms['loss'], 'nce': terms['nce'], 'd3m': terms['d3m'], 'nnm': float(nnm)}
