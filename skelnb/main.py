@@ -18,14 +18,18 @@ __all__ = ['MAIN_BUDGETS', 'PROBE_WEIGHT_DECAYS', 'MainConfig', 'stage_data', 's
 # per method: the preset, epochs, batch, method-config and TrainConfig changes of the main job's budget (a few minutes on 2 CPU cores)
 _SHORT_SCHEDULE = dict(optimizer='adamw', lr=1e-3, weight_decay=1e-4, schedule='cosine', warmup_epochs=0.5, keep_last=1)
 _SMALL_MOCO = dict(hidden_channels=8, hidden_dim=128, feature_dim=128, queue_size=256, momentum=0.99, temperature=0.2)
+# the motion stream (frame differences), light dropout and lr 2e-3: chosen on the validation subjects (text above)
+_MOTION = dict(method_overrides={**_SMALL_MOCO, 'stream': 'motion', 'dropout': 0.1}, train_overrides={**_SHORT_SCHEDULE, 'lr': 2e-3})
 MAIN_BUDGETS = {
-    # the motion stream (frame differences), light dropout and lr 2e-3: chosen on the validation subjects (text above)
-    'skeletonclr': dict(preset='lesson', epochs=15, batch_size=16, method_overrides={**_SMALL_MOCO, 'stream': 'motion', 'dropout': 0.1},
-                        train_overrides={**_SHORT_SCHEDULE, 'lr': 2e-3}),
-    # the same recipe; the miners switch on half-way, as in the papers (epoch 150 of 300)
+    'skeletonclr': dict(preset='lesson', epochs=15, batch_size=16, **_MOTION),
+    # CrosSCLR's two views are the joint and the motion stream; its miner switches on half-way, as in the papers (150 of 300)
     'crossclr': dict(preset='lesson', epochs=15, batch_size=16, method_overrides={**_SMALL_MOCO, 'switch_epoch': 8}, train_overrides=_SHORT_SCHEDULE),
-    'aimclr': dict(preset='lesson', epochs=15, batch_size=16, method_overrides={**_SMALL_MOCO, 'switch_epoch': 8}, train_overrides=_SHORT_SCHEDULE),
-    'skeattnclr': dict(preset='lesson', epochs=15, batch_size=16, method_overrides=_SMALL_MOCO, train_overrides=_SHORT_SCHEDULE),
+    # SkeletonCLR's recipe, NNM from half-way (chosen on the validation subjects against the joint-stream one)
+    'aimclr': dict(preset='lesson', epochs=15, batch_size=16, method_overrides={**_MOTION['method_overrides'], 'switch_epoch': 8},
+                   train_overrides=_MOTION['train_overrides']),
+    # SkeletonCLR's recipe on SkeletonCLR's graph with PyTorch's initialisation, as on NW-UCLA (chosen on the validation subjects)
+    'skeattnclr': dict(preset='lesson', epochs=15, batch_size=16, train_overrides=_MOTION['train_overrides'],
+                       method_overrides={**_MOTION['method_overrides'], 'graph': 'spatial', 'upstream_init': False}),
     'a2mc': dict(preset='lesson'),   # its own lesson recipe (tiny ST-GCN, momentum from 0.99 by cosine), measured in lesson 10d
 }
 
@@ -53,7 +57,7 @@ class MainConfig:
         for k in ('preset', 'epochs', 'batch_size', 'method_overrides'):
             if getattr(self, k) is None: setattr(self, k, budget.get(k))
         if self.preset is None: self.preset = 'lesson'
-        if self.method_overrides is None: self.method_overrides = {}
+        self.method_overrides = dict(self.method_overrides or {})   # a copy: the budgets stay as written
         self.train_overrides = dict(self.train_overrides or {})
 
 # %% ../nbs/14_main.ipynb #2e09c065

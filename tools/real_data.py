@@ -53,6 +53,10 @@ ABLATIONS = {
              ("released PNM loss (L_mix), banks' temperature 0.2 (stopped at epoch 15)", 'candidates/{data}-a2mc-taum02-s0'),
              ("PNM mixtures as extra negatives, banks' temperature 0.03 (stopped at epoch 9)", 'candidates/{data}-a2mc-denominator-s0'),
              ("PNM mixtures as extra negatives, banks' temperature 0.2", 'candidates/{data}-a2mc-denominator-taum02-s0')],
+    # ablations, not candidates: each removes one of AimCLR's parts; the recipe stays the faithful method
+    'aimclr': [('D3M and NNM from epoch 15 (the recipe)', '{data}-aimclr-s0'),
+               ('ablation: D3M weighted 0, NNM from epoch 15', 'candidates/{data}-aimclr-nod3m-s0'),
+               ('ablation: D3M, no NNM', 'candidates/{data}-aimclr-nonnm-s0')],
     'skeattnclr': [('AGCN graph, N(0, 0.02) init, independent key, cosine, 30 epochs (faithful)', 'candidates/{data}-skeattnclr-upstreaminit-cosine30-s0'),
                    ("SkeletonCLR's graph, PyTorch init, constant lr, 30 epochs (the recipe)", '{data}-skeattnclr-s0')],
 }
