@@ -19,17 +19,17 @@ __all__ = ['MAIN_BUDGETS', 'PROBE_WEIGHT_DECAYS', 'MainConfig', 'stage_data', 's
 _SHORT_SCHEDULE = dict(optimizer='adamw', lr=1e-3, weight_decay=1e-4, schedule='cosine', warmup_epochs=0.5, keep_last=1)
 _SMALL_MOCO = dict(hidden_channels=8, hidden_dim=128, feature_dim=128, queue_size=256, momentum=0.99, temperature=0.2)
 # the motion stream (frame differences), light dropout and lr 2e-3: chosen on the validation subjects (text above)
-_MOTION = dict(method_overrides={**_SMALL_MOCO, 'stream': 'motion', 'dropout': 0.1}, train_overrides={**_SHORT_SCHEDULE, 'lr': 2e-3})
+_MOTION_MOCO, _MOTION_SCHEDULE = {**_SMALL_MOCO, 'stream': 'motion', 'dropout': 0.1}, {**_SHORT_SCHEDULE, 'lr': 2e-3}
 MAIN_BUDGETS = {
-    'skeletonclr': dict(preset='lesson', epochs=15, batch_size=16, **_MOTION),
+    'skeletonclr': dict(preset='lesson', epochs=15, batch_size=16, method_overrides=_MOTION_MOCO, train_overrides=_MOTION_SCHEDULE),
     # CrosSCLR's two views are the joint and the motion stream; its miner switches on half-way, as in the papers (150 of 300)
     'crossclr': dict(preset='lesson', epochs=15, batch_size=16, method_overrides={**_SMALL_MOCO, 'switch_epoch': 8}, train_overrides=_SHORT_SCHEDULE),
     # SkeletonCLR's recipe, NNM from half-way (chosen on the validation subjects against the joint-stream one)
-    'aimclr': dict(preset='lesson', epochs=15, batch_size=16, method_overrides={**_MOTION['method_overrides'], 'switch_epoch': 8},
-                   train_overrides=_MOTION['train_overrides']),
+    'aimclr': dict(preset='lesson', epochs=15, batch_size=16, method_overrides={**_MOTION_MOCO, 'switch_epoch': 8},
+                   train_overrides=_MOTION_SCHEDULE),
     # SkeletonCLR's recipe on SkeletonCLR's graph with PyTorch's initialisation, as on NW-UCLA (chosen on the validation subjects)
-    'skeattnclr': dict(preset='lesson', epochs=15, batch_size=16, train_overrides=_MOTION['train_overrides'],
-                       method_overrides={**_MOTION['method_overrides'], 'graph': 'spatial', 'upstream_init': False}),
+    'skeattnclr': dict(preset='lesson', epochs=15, batch_size=16, train_overrides=_MOTION_SCHEDULE,
+                       method_overrides={**_MOTION_MOCO, 'graph': 'spatial', 'upstream_init': False}),
     'a2mc': dict(preset='lesson'),   # its own lesson recipe (tiny ST-GCN, momentum from 0.99 by cosine), measured in lesson 10d
 }
 
