@@ -715,9 +715,10 @@ def result_accuracy(rows: list,         # result dicts as written by the main jo
 
 def mean_std_text(summary: dict | None, # {'mean', 'std', 'n'} of one number over seeds, or None
                  ) -> str:              # '71.8', '68.5 ± 9.6' or '-'
-    "One summarised number as the result tables print it: the mean, and ± the spread when several seeds ran."
+    "One summarised number as the result tables print it: the mean, and ± the spread when several seeds ran and differ."
     if summary is None: return '-'
-    return f"{summary['mean']:.1f}" + (f" ± {summary['std']:.1f}" if summary['n'] > 1 else '')
+    spread = summary['n'] > 1 and round(summary['std'], 1) > 0   # a deterministic number (the ridge floor) has none
+    return f"{summary['mean']:.1f}" + (f" ± {summary['std']:.1f}" if spread else '')
 
 
 def _jsonable(v):

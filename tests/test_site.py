@@ -79,6 +79,7 @@ def test_a_failing_notebook_is_reported_and_the_others_built(tmp_path, monkeypat
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
     nbs = tmp_path / 'nbs'; nbs.mkdir()
     nbformat.write(new_notebook(cells=[new_markdown_cell('# Good\nsee [bad](b_bad.ipynb)'), new_code_cell('#| hide\nx = 2'),
+                                       new_code_cell(f'import pathlib, tempfile\npathlib.Path(r"{tmp_path}/scratch.txt").write_text(tempfile.mkdtemp())'),
                                        new_code_cell('import plotly.graph_objects as go\ngo.Figure(go.Scatter(y=[1, x])).show()'),
                                        new_code_cell('#| slow\nraise SystemExit("slow cells are not run")')]), nbs / 'a_good.ipynb')
     nbformat.write(new_notebook(cells=[new_markdown_cell('# Bad'), new_code_cell('y = 1'),
@@ -97,6 +98,8 @@ def test_a_failing_notebook_is_reported_and_the_others_built(tmp_path, monkeypat
     assert 'slow cells are not run' in good and 'SystemExit' not in good.split('slow cells are not run')[1][:200]
     assert 'the lesson failed to execute' in bad and 'boom in the lesson' in bad
     assert '<script src="plotly.min.js"></script>' in good and 'cdn' not in good.lower().split('<body')[0]
+    scratch = Path((tmp_path / 'scratch.txt').read_text())   # a lesson's temp folder: made in the build's, removed with it
+    assert scratch.parent.name.startswith('skelnb_site_') and not scratch.parent.exists()
 
 
 def test_notebook_order_and_pages():

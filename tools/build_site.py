@@ -369,6 +369,15 @@ def build(out: Path, only=None, jobs: int = 2, timeout: int = 600, fast: bool = 
         for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'): env.setdefault(k, '1')
     if fast: env['IN_TEST'] = '1'
     else: env.pop('IN_TEST', None)
+    # the lessons' scratch folders (tempfile) go to one folder removed after the build: a reader keeps them, a build does not
+    scratch = Path(tempfile.mkdtemp(prefix='skelnb_site_'))
+    env['TMPDIR'] = str(scratch)
+    try: results = _build_pages(out, nbs, run, env, jobs, timeout, fast, execute)
+    finally: shutil.rmtree(scratch, ignore_errors=True)
+    return results
+
+
+def _build_pages(out, nbs, run, env, jobs, timeout, fast, execute) -> list[dict]:
     flags = skip_flags()
     order = notebooks()                                      # prev/next follow the full lesson order
     pages = [(str(page_path(p)).replace(os.sep, '/'), p.stem) for p in order]

@@ -48,6 +48,10 @@ def recipe(method):
 # choice is read on the validation share of the training clips (the linear protocol's best validation accuracy)
 ABLATIONS = {
     'skeletonclr': [('60 epochs, cosine decay', 'candidates/{data}-skeletonclr-cosine60-s0'),
+                    # the embedded-data main job's recipe (motion stream, AdamW): stable over seeds, but lower here
+                    ("30 epochs, the main job's recipe (motion stream, dropout 0.1, AdamW lr 2e-3, cosine), seed 0",
+                     'candidates/{data}-skeletonclr-motion30-s0'),
+                    ("30 epochs, the main job's recipe, seed 1", 'candidates/{data}-skeletonclr-motion30-s1'),
                     ('100 epochs, constant then x0.1 (the recipe)', '{data}-skeletonclr-s0')],
     'a2mc': [("released PNM loss (L_mix), banks' temperature 0.03 (the recipe)", '{data}-a2mc-s0'),
              ("released PNM loss (L_mix), banks' temperature 0.2 (stopped at epoch 15)", 'candidates/{data}-a2mc-taum02-s0'),
