@@ -839,17 +839,18 @@ def ridge_floor(root,                       # prepared folder
                 test: str = 'test',         # split to score
                 stream: str = 'joint',      # 'joint', 'motion' or 'bone'
                 train_subset=None,          # fit on these indices (or subset file) of `train` only: the semi-supervised floor
+                test_subset=None,           # score these indices of `test` only (e.g. validation subjects cut from `train`)
                 alphas=tuple(10.0 ** np.arange(-2, 4.5, 0.5)), # ridge penalties tried (cross-validated on the fitted clips)
                ) -> dict:
     "Accuracy of a ridge classifier on raw flattened clips: the floor for linear (or semi-supervised) evaluation."
     from sklearn.linear_model import RidgeClassifierCV   # imported here: sklearn is slow to import
     from threadpoolctl import threadpool_limits           # installed with scikit-learn
-    def features(split, subset=None):
+    def features(split, subset, arg):
         data, labels, _ = load_prepared(root, split, mmap=True)
-        idx = np.arange(len(labels)) if subset is None else _as_index_array(_read_subset_arg(subset), len(labels), 'train_subset')
+        idx = np.arange(len(labels)) if subset is None else _as_index_array(_read_subset_arg(subset), len(labels), arg)
         x = to_stream(np.asarray(data[idx], dtype=np.float32), stream, read_info(root).get('layout', 'ntu25'))
         return x.reshape(len(x), -1), labels[idx]
-    (xtr, ytr), (xte, yte) = features(train, train_subset), features(test)
+    (xtr, ytr), (xte, yte) = features(train, train_subset, 'train_subset'), features(test, test_subset, 'test_subset')
     with threadpool_limits(1):   # a small problem: one BLAS thread is fastest and leaves the other cores alone
         clf = RidgeClassifierCV(alphas=alphas).fit(xtr, ytr)
     return {'stream': stream, 'train_clips': len(ytr), 'accuracy': float(clf.score(xte, yte)),

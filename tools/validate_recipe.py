@@ -8,18 +8,19 @@
 
 Protocol: pretraining on every training clip of the embedded data without labels; KNN-1 and the L-BFGS logistic probe
 (penalty 1e-4) fitted on training subjects 1-4 and scored on training subjects 5-6; the ridge floor on raw joints on the
-same split; the test split (subjects 7-10) is never read. Prints the row as JSON (the file's `validation` and
-`monitor_curve_epoch_knn1_probe` fields). Rows whose `view` names an augmentation the library does not have (a yaw
+same split; the test split (subjects 7-10) is never read. Prints the row as JSON; with `--record "what changed"` it is
+also appended to data/results/main_recipe_validation.json with its command. Rows whose `view` names an augmentation the library does not have (a yaw
 range, crop-resize, the face-the-camera normalisation) were made with an experiment hook that is not shipped.
 """
-import argparse, json, sys, time
+import argparse, json, shlex, sys, time
 from pathlib import Path
 import numpy as np, torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from skelnb.methods.catalog import build_method, with_data_layout
 from skelnb.train import method_train_config, Trainer
-from skelnb.data import SkeletonDataset, resolve_dataset
+from skelnb.data import SkeletonDataset, resolve_dataset, ridge_floor
 from skelnb.evaluate import extract_features, knn_accuracy, logistic_probe
+RESULTS = Path(__file__).resolve().parent.parent / 'data' / 'results' / 'main_recipe_validation.json'
 
 
 def main(argv=None):
@@ -28,6 +29,9 @@ def main(argv=None):
     p.add_argument('--cfg', default='{}', help='method config fields (JSON)'); p.add_argument('--tcfg', default='{}', help='TrainConfig fields (JSON)')
     p.add_argument('--threads', type=int, default=1); p.add_argument('--seed', type=int, default=0)
     p.add_argument('--monitor', type=int, default=3, help='score the validation clips every this many epochs (0: never)')
+    p.add_argument('--record', metavar='CHANGE', help='append the row, with this description of what changed, to --results')
+    p.add_argument('--view', default='normal view, then the motion stream', help="the row's description of the views")
+    p.add_argument('--results', default=str(RESULTS), help='the JSON file of validation rows')
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     root = resolve_dataset('synthetic')
@@ -50,12 +54,23 @@ def main(argv=None):
     def monitor(trainer, epoch):
         r = measure(trainer.method); curve.append([epoch, r['knn1'], r['probe']]); return r
     t0 = time.time(); Trainer(model, train, tc, monitor if a.monitor else None).fit(); seconds = time.time() - t0
-    from sklearn.linear_model import RidgeClassifierCV
-    X = np.asarray(train.data, dtype=np.float32).reshape(len(train.labels), -1); y = np.asarray(train.labels)
-    ridge = RidgeClassifierCV(alphas=tuple(10.0 ** np.arange(-2, 4.5, 0.5))).fit(X[fit_idx], y[fit_idx])
+    floor = ridge_floor(root, 'train', 'train', train_subset=fit_idx, test_subset=val_idx)['accuracy']
+    validation = {'pretrained': measure(model), 'random_init_twin': twin, 'ridge_floor': round(100 * floor, 2)}
     print(json.dumps({'name': a.name, 'method': a.method, 'method_config': cfg, 'train_config': tcfg, 'seed': a.seed,
-                      'seconds': round(seconds, 1), 'validation': {'pretrained': measure(model), 'random_init_twin': twin,
-                      'ridge_floor': round(100 * ridge.score(X[val_idx], y[val_idx]), 2)}, 'monitor_curve_epoch_knn1_probe': curve}))
+                      'seconds': round(seconds, 1), 'validation': validation, 'monitor_curve_epoch_knn1_probe': curve}))
+    if a.record:
+        command = ['python', 'tools/validate_recipe.py', a.name, '--method', a.method, '--cfg', json.dumps(cfg), '--tcfg', json.dumps(tcfg)]
+        if a.seed: command += ['--seed', str(a.seed)]
+        record(Path(a.results), {'name': a.name, 'method': a.method, 'data': 'embedded v2', 'method_config': cfg, 'train_config': tcfg,
+                                 'view': a.view, 'change': a.record, 'seconds_one_thread_shared_cpu': round(seconds, 1),
+                                 'validation': validation, 'monitor_curve_epoch_knn1_probe': curve, 'command': shlex.join(command)})
+
+
+def record(path: Path, row: dict):
+    "Append `row` to the validation file (a row of the same name is replaced: a re-run)."
+    d = json.loads(path.read_text())
+    d['rows'] = [r for r in d['rows'] if r['name'] != row['name']] + [row]
+    path.write_text(json.dumps(d, indent=1))
 
 
 if __name__ == '__main__':
